@@ -1,0 +1,16 @@
+"""deltalearn: fewer multiplications for DQN agents through pruning and delta networks.
+
+A chapter needs only ``import deltalearn as dl``; everything public is re-exported here.
+"""
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .counting import (LayerCount, MultiplicationReport, combine, count_dense, count_forward, count_weights,
+                       dense_counts, dense_products, layer_names, significant_products, weight_layers)
+from .delta import DeltaNetwork, check_threshold
+from .dqn import DQNConfig, TrainResult, copy_weights, load_state, select_device, train
+from .envs import ENV_NAMES, GAMES, GameInfo, game_info, hns, is_atari, make_env, make_vector_env
+from .evaluation import EvalResult, Policy, ReplayResult, default_epsilon, evaluate, make_policy, replay
+from .nets import MODELS, NetworkSpec, QNetwork, build_network, mlp_qnet, nature_dqn
+from .pruning import SparsityReport, check_sparsity, is_pruned, make_permanent, prune_network, sparsity_report
+from .replay import Batch, ReplayBuffer
+
+__version__ = "0.1.0"

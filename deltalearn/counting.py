@@ -1,0 +1,256 @@
+"""Counting multiplications: dense (all products) and significant (both operands non-zero).
+
+The paper's unit is the *significant multiplication*: a product whose weight and input are
+both non-zero. For one layer it is counted exactly, and cheaply, by running the layer's own
+operator on 0/1 masks: ``conv2d(input != 0, weight != 0)`` summed over all outputs gives the
+number of (non-zero input, non-zero weight) pairs that meet, with the layer's stride and
+padding taken into account.
+"""
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "weight_layers", "layer_names", "dense_products", "significant_products",
+    "count_forward", "LayerCount", "MultiplicationReport", "count_dense", "count_weights",
+    "dense_counts", "combine",
+]
+
+SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.Flatten)
+
+
+def _body(net: nn.Module) -> nn.Sequential:
+    body = getattr(net, "body", net)
+    if not isinstance(body, nn.Sequential):
+        raise TypeError(f"expected a QNetwork or nn.Sequential, got {type(net).__name__}")
+    for m in body:
+        if not isinstance(m, SUPPORTED):
+            raise TypeError(f"unsupported layer {type(m).__name__}; supported: "
+                            + ", ".join(c.__name__ for c in SUPPORTED))
+    return body
+
+
+def weight_layers(net: nn.Module) -> list[nn.Module]:
+    """The Conv2d / Linear layers of ``net`` in order (the layers that multiply)."""
+    return [m for m in _body(net) if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def layer_names(net: nn.Module) -> list[str]:
+    """Short names ``conv1, conv2, ..., fc1, fc2`` for the weight layers."""
+    names, n_conv, n_fc = [], 0, 0
+    for m in weight_layers(net):
+        if isinstance(m, nn.Conv2d):
+            n_conv += 1
+            names.append(f"conv{n_conv}")
+        else:
+            n_fc += 1
+            names.append(f"fc{n_fc}")
+    return names
+
+
+def _conv_args(layer: nn.Conv2d) -> dict[str, Any]:
+    if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+        raise TypeError("only numeric zero padding is supported for counting")
+    return dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+
+
+def dense_products(layer: nn.Module, in_shape: Sequence[int]) -> int:
+    """All products of one layer for one sample with input shape ``in_shape`` (no batch)."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features * layer.out_features
+    if isinstance(layer, nn.Conv2d):
+        with torch.no_grad():
+            out = F.conv2d(torch.zeros(1, *in_shape), torch.zeros_like(layer.weight), **_conv_args(layer))
+        per_output = (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
+        return int(out.numel()) * per_output
+    raise TypeError(f"{type(layer).__name__} does no multiplications we count")
+
+
+def significant_products(layer: nn.Module, x_nonzero: torch.Tensor,
+                         weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample count of (non-zero input, non-zero weight) pairs in ``layer``.
+
+    ``x_nonzero`` is a boolean (batch, ...) mask of the layer's non-zero inputs; ``weight``
+    defaults to the layer's (effective, possibly pruned) weight. Returns int64 (batch,).
+    """
+    w = layer.weight if weight is None else weight
+    with torch.no_grad():
+        wm = (w != 0).to(torch.float32)
+        xm = x_nonzero.to(torch.float32)
+        if isinstance(layer, nn.Linear):
+            # each non-zero input i meets the non-zero weights of column i
+            per_input = wm.sum(dim=0).to(torch.float64)
+            return (xm.to(torch.float64) @ per_input).round().to(torch.int64)
+        if isinstance(layer, nn.Conv2d):
+            out = F.conv2d(xm, wm, **_conv_args(layer))
+            # each output element is an exact small integer; sum in float64 to stay exact
+            return out.to(torch.float64).flatten(1).sum(dim=1).round().to(torch.int64)
+    raise TypeError(f"{type(layer).__name__} does no multiplications we count")
+
+
+def count_forward(net: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``net`` on a batch and count significant products per sample per weight layer.
+
+    Returns ``(output, counts)`` with counts int64 of shape (batch, n_weight_layers).
+    """
+    body = _body(net)
+    x = net.preprocess(obs) if hasattr(net, "preprocess") else obs.to(torch.float32)
+    counts = []
+    with torch.no_grad():
+        for m in body:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                counts.append(significant_products(m, x != 0))
+            x = m(x)
+    return x, torch.stack(counts, dim=1)
+
+
+def _layer_input_shapes(net: nn.Module) -> list[tuple[int, ...]]:
+    shape = tuple(getattr(net, "input_shape"))
+    x = torch.zeros(1, *shape)
+    shapes = []
+    with torch.no_grad():
+        for m in _body(net):
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                shapes.append(tuple(x.shape[1:]))
+            x = m(x)
+    return shapes
+
+
+def dense_counts(net: nn.Module) -> list[int]:
+    """Dense products per weight layer for one decision of ``net`` (needs ``net.input_shape``)."""
+    return [dense_products(m, s) for m, s in zip(weight_layers(net), _layer_input_shapes(net))]
+
+
+@dataclass
+class LayerCount:
+    """Multiplications of one layer, summed over ``steps`` decisions."""
+
+    name: str
+    dense: int
+    significant: int
+
+    @property
+    def reduction(self) -> float:
+        return self.dense / self.significant if self.significant else float("inf")
+
+
+@dataclass
+class MultiplicationReport:
+    """Per-layer dense and significant multiplications, summed over ``steps`` decisions.
+
+    ``per_step`` (optional) holds the significant count per decision and layer, shape
+    (steps, layers), for plots over an episode.
+    """
+
+    layers: list[LayerCount]
+    steps: int = 1
+    label: str = ""
+    per_step: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def total_dense(self) -> int:
+        return sum(l.dense for l in self.layers)
+
+    @property
+    def total_significant(self) -> int:
+        return sum(l.significant for l in self.layers)
+
+    @property
+    def reduction(self) -> float:
+        """Dense / significant: how many times fewer multiplications are needed."""
+        s = self.total_significant
+        return self.total_dense / s if s else float("inf")
+
+    def per_decision(self) -> dict[str, float]:
+        """Mean dense and significant multiplications per decision."""
+        n = max(self.steps, 1)
+        return {"dense": self.total_dense / n, "significant": self.total_significant / n}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "steps": self.steps,
+            "layers": [{"name": l.name, "dense": l.dense, "significant": l.significant}
+                       for l in self.layers],
+            "total_dense": self.total_dense,
+            "total_significant": self.total_significant,
+            "reduction": self.reduction,
+        }
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def _rows(self) -> list[tuple[str, str, str, str]]:
+        rows = [(l.name, f"{l.dense:,}", f"{l.significant:,}", f"{l.reduction:.1f}x") for l in self.layers]
+        rows.append(("total", f"{self.total_dense:,}", f"{self.total_significant:,}", f"{self.reduction:.1f}x"))
+        return rows
+
+    def to_markdown(self) -> str:
+        head = f"**{self.label}** ({self.steps} decisions)\n\n" if self.label else ""
+        lines = ["| layer | dense | significant | reduction |", "|---|---:|---:|---:|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self._rows()]
+        return head + "\n".join(lines)
+
+    def __str__(self) -> str:
+        rows = [("layer", "dense", "significant", "reduction")] + self._rows()
+        w = [max(len(r[i]) for r in rows) for i in range(4)]
+        out = [f"{self.label} ({self.steps} decisions)"] if self.label else []
+        out += ["  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+        return "\n".join(out)
+
+    def _repr_html_(self) -> str:
+        cap = f"<caption>{html.escape(self.label)} ({self.steps} decisions)</caption>" if self.label else ""
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:{'left' if i == 0 else 'right'}'>{html.escape(c)}</td>"
+                             for i, c in enumerate(r)) + "</tr>" for r in self._rows())
+        return ("<table>" + cap + "<thead><tr><th>layer</th><th>dense</th><th>significant</th>"
+                "<th>reduction</th></tr></thead><tbody>" + body + "</tbody></table>")
+
+    @classmethod
+    def from_counts(cls, names: Sequence[str], dense_per_step: Sequence[int],
+                    significant: np.ndarray, label: str = "") -> "MultiplicationReport":
+        """Build a report from a (steps, layers) array of per-decision significant counts."""
+        significant = np.asarray(significant, dtype=np.int64).reshape(-1, len(names))
+        steps = significant.shape[0]
+        layers = [LayerCount(n, int(d) * steps, int(s))
+                  for n, d, s in zip(names, dense_per_step, significant.sum(axis=0))]
+        return cls(layers, steps=steps, label=label, per_step=significant)
+
+
+def count_dense(net: nn.Module, label: str = "dense") -> MultiplicationReport:
+    """Report for one decision counting every product as significant (the paper's baseline)."""
+    d = dense_counts(net)
+    return MultiplicationReport.from_counts(layer_names(net), d, np.array([d]), label=label)
+
+
+def count_weights(net: nn.Module, label: str = "") -> MultiplicationReport:
+    """One decision assuming every input is non-zero: only zero (pruned) weights are skipped.
+
+    This is what pruning alone saves, independent of any observation.
+    """
+    shapes = _layer_input_shapes(net)
+    sig = [int(significant_products(m, torch.ones(1, *s, dtype=torch.bool))[0])
+           for m, s in zip(weight_layers(net), shapes)]
+    return MultiplicationReport.from_counts(layer_names(net), dense_counts(net), np.array([sig]), label=label)
+
+
+def combine(reports: Iterable[MultiplicationReport], label: str = "") -> MultiplicationReport:
+    """Sum reports over episodes (same layers)."""
+    reports = list(reports)
+    if not reports:
+        raise ValueError("no reports to combine")
+    names = [l.name for l in reports[0].layers]
+    layers = [LayerCount(n, sum(r.layers[i].dense for r in reports), sum(r.layers[i].significant for r in reports))
+              for i, n in enumerate(names)]
+    per = [r.per_step for r in reports]
+    per_step = np.concatenate(per) if all(p is not None for p in per) else None
+    return MultiplicationReport(layers, steps=sum(r.steps for r in reports), label=label or reports[0].label,
+                                per_step=per_step)

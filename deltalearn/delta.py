@@ -1,0 +1,161 @@
+"""Delta networks: update a neuron only when its input changed by more than a threshold.
+
+Each weight layer keeps, per input element, the value it last transmitted (``x_ref``) and,
+per output, its accumulated pre-activation (``z``, which starts at the bias). A step sends
+only the input changes ``d = x - x_ref`` with ``|d| > threshold`` and adds ``W * d`` to
+``z``. Because ``x_ref`` moves by exactly what was sent, the gap between the true input and
+what the layer has seen never exceeds the threshold: errors do not drift. The first step
+after :meth:`DeltaNetwork.reset` sends everything, i.e. it is a dense pass.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .counting import _body, dense_counts, layer_names, significant_products
+
+__all__ = ["DeltaNetwork", "check_threshold"]
+
+
+def check_threshold(threshold: float) -> float:
+    """Validate one delta threshold: a finite number >= 0."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}") from None
+    if math.isnan(t) or t < 0 or math.isinf(t):
+        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+    return t
+
+
+class DeltaNetwork(nn.Module):
+    """A stateful, batched delta version of a trained :class:`~deltalearn.nets.QNetwork`.
+
+    ``threshold`` is one number for every weight layer or a sequence with one per weight
+    layer (applied to that layer's input). Weights are copied when the delta network is
+    built (pruned zeros included); later changes to ``net`` are not seen. Row ``b`` of every
+    batch is one independent stream (one environment of a vector env).
+
+    ``drift_free=False`` is the naive variant for teaching: it compares each input with the
+    previous *input* instead of the last *transmitted* value, so sub-threshold changes are
+    lost for good and the output drifts away from the dense network's.
+    """
+
+    def __init__(self, net: nn.Module, threshold: float | Sequence[float] = 0.0,
+                 drift_free: bool = True) -> None:
+        super().__init__()
+        body = _body(net)
+        self.net = net
+        self.modules_ = list(body)
+        self.names = layer_names(net)
+        n = len(self.names)
+        if isinstance(threshold, (int, float)):
+            ths = [check_threshold(threshold)] * n
+        else:
+            ths = [check_threshold(t) for t in threshold]
+            if len(ths) != n:
+                raise ValueError(f"got {len(ths)} thresholds for {n} weight layers ({', '.join(self.names)})")
+        self.thresholds = ths
+        self.drift_free = drift_free
+        wl = [m for m in self.modules_ if isinstance(m, (nn.Conv2d, nn.Linear))]
+        with torch.no_grad():
+            self.weights = [m.weight.detach().clone() for m in wl]
+            self.biases = [None if m.bias is None else m.bias.detach().clone() for m in wl]
+        self.dense_per_step = dense_counts(net) if hasattr(net, "input_shape") else None
+        self.x_ref: list[torch.Tensor] = []
+        self.z: list[torch.Tensor] = []
+        self.fresh: torch.Tensor | None = None
+        self.last_counts: torch.Tensor | None = None
+        """Significant products of the last step, int64 (batch, layers)."""
+
+    @property
+    def batch_size(self) -> int | None:
+        return None if self.fresh is None else int(self.fresh.shape[0])
+
+    def reset(self, rows: torch.Tensor | Sequence[int] | None = None) -> None:
+        """Start new episodes: all rows (``None``) or the given rows (indices or bool mask).
+
+        The next step of a reset row is a dense pass that initialises its state.
+        """
+        if rows is None or self.fresh is None:
+            self.x_ref, self.z, self.fresh = [], [], None
+            return
+        idx = torch.as_tensor(rows, device=self.fresh.device)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().flatten()
+        self.fresh[idx] = True
+
+    def _init_state(self, x: torch.Tensor) -> None:
+        b, dev = x.shape[0], x.device
+        self.x_ref, self.z = [], []
+        with torch.no_grad():
+            h = x
+            k = 0
+            for m in self.modules_:
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    self.x_ref.append(torch.zeros_like(h))
+                    out = self._apply(k, m, torch.zeros_like(h), bias=True)
+                    self.z.append(out)
+                    h = out
+                    k += 1
+                else:
+                    h = m(h)
+        self.fresh = torch.ones(b, dtype=torch.bool, device=dev)
+        self.weights = [w.to(dev) for w in self.weights]
+        self.biases = [None if bb is None else bb.to(dev) for bb in self.biases]
+
+    def _apply(self, k: int, m: nn.Module, d: torch.Tensor, bias: bool) -> torch.Tensor:
+        w = self.weights[k].to(d.device)
+        b = self.biases[k].to(d.device) if (bias and self.biases[k] is not None) else None
+        if isinstance(m, nn.Linear):
+            return F.linear(d, w, b)
+        return F.conv2d(d, w, b, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups)
+
+    @torch.no_grad()
+    def forward(self, obs: torch.Tensor, count: bool = True) -> torch.Tensor:
+        """One step for every row: returns the Q-values (batch, actions).
+
+        With ``count=True`` the significant products per row and layer are left in
+        :attr:`last_counts`.
+        """
+        x = self.net.preprocess(obs) if hasattr(self.net, "preprocess") else obs.to(torch.float32)
+        if self.fresh is None:
+            self._init_state(x)
+        elif x.shape[0] != self.fresh.shape[0]:
+            raise ValueError(f"batch of {x.shape[0]} observations, but the delta state holds "
+                             f"{self.fresh.shape[0]} streams; call reset() to start over")
+        fresh = self.fresh
+        counts = []
+        k = 0
+        for m in self.modules_:
+            if not isinstance(m, (nn.Conv2d, nn.Linear)):
+                x = m(x)
+                continue
+            x_ref, z = self.x_ref[k], self.z[k]
+            if fresh.any():
+                # a new episode: forget the old state so this step is a dense pass
+                x_ref[fresh] = 0
+                z[fresh] = self._apply(k, m, torch.zeros_like(x[fresh]), bias=True)
+            d = x - x_ref
+            keep = d.abs() > self.thresholds[k]
+            keep[fresh] = True
+            d = torch.where(keep, d, torch.zeros_like(d))
+            if self.drift_free:
+                x_ref += d
+            else:
+                x_ref.copy_(x)
+            z += self._apply(k, m, d, bias=False)
+            if count:
+                counts.append(significant_products(m, d != 0, weight=self.weights[k]))
+            x = z.clone()
+            k += 1
+        self.fresh = torch.zeros_like(fresh)
+        self.last_counts = torch.stack(counts, dim=1) if count else None
+        return x
+
+    step = forward
+

@@ -1,0 +1,402 @@
+"""Double DQN with n-step returns, in one readable file (in the spirit of CleanRL).
+
+``train(DQNConfig(...), run_dir)`` trains an agent on CartPole or an Atari game. Every
+``checkpoint_every`` agent steps it atomically writes ``run_dir/checkpoint.pt`` (networks,
+optimizer, counters, RNG states, history) and ``run_dir/replay.npz``; calling ``train`` again
+with the same ``run_dir`` resumes from there. The best network seen by the periodic
+evaluations is kept in ``run_dir/best.pt``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, atomic_write, check_spec, load_checkpoint, save_checkpoint
+from .envs import is_atari, make_vector_env
+from .evaluation import evaluate
+from .nets import NetworkSpec, QNetwork, build_network
+from .pruning import check_sparsity, prune_network
+from .replay import ReplayBuffer
+
+__all__ = ["DQNConfig", "TrainResult", "train", "load_state", "copy_weights", "select_device"]
+
+
+@dataclass
+class DQNConfig:
+    """Hyperparameters of one DQN run. Step counts are *agent* steps summed over envs."""
+
+    env: str = "CartPole-v1"
+    """``CartPole-v1`` or an Atari game name such as ``Breakout``."""
+    total_steps: int = 50_000
+    """Agent steps to train for (one Atari agent step is 4 frames)."""
+    seed: int = 0
+    """Seeds the networks, exploration, replay sampling and environments."""
+    num_envs: int = 1
+    """Environments stepped together; more envs mean cheaper steps, same replay ratio."""
+    hidden: tuple[int, ...] = (128, 128)
+    """MLP hidden widths (vector observations only)."""
+    buffer_size: int = 50_000
+    """Replay capacity in transitions (Atari frames are stored once each)."""
+    batch_size: int = 64
+    """Transitions per gradient update."""
+    gamma: float = 0.99
+    """Discount factor."""
+    n_step: int = 1
+    """Rewards summed before bootstrapping (n-step returns speed up credit assignment)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    adam_eps: float = 1e-8
+    """Adam epsilon (Atari agents commonly use 1.5e-4)."""
+    learning_starts: int = 1_000
+    """Agent steps of experience collected before the first update."""
+    train_every: int = 1
+    """Agent steps per gradient update (the inverse replay ratio)."""
+    target_update: int = 250
+    """Gradient updates between hard copies of the online network to the target network."""
+    eps_start: float = 1.0
+    """Exploration epsilon at the start."""
+    eps_end: float = 0.02
+    """Exploration epsilon after the decay."""
+    eps_decay_steps: int = 10_000
+    """Agent steps over which epsilon falls linearly."""
+    max_grad_norm: float = 10.0
+    """Gradient norm clip."""
+    clip_rewards: bool = False
+    """Clip training rewards to [-1, 1] (Atari)."""
+    life_loss_terminal: bool = False
+    """Treat a lost life as terminal for the TD target (Atari)."""
+    eval_every: int = 5_000
+    """Agent steps between evaluations (0: none)."""
+    eval_episodes: int = 10
+    """Episodes per periodic evaluation."""
+    eval_epsilon: float | None = None
+    """Epsilon during evaluation (None: 0.05 Atari, 0 CartPole)."""
+    eval_max_steps: int | None = None
+    """Cap on an evaluation episode's length (None: the env's own limit)."""
+    stop_score: float | None = None
+    """Stop early once a periodic evaluation's mean score reaches this (None: never)."""
+    checkpoint_every: int = 10_000
+    """Agent steps between checkpoints."""
+    save_replay: bool = True
+    """Save the replay buffer with each checkpoint, so a resumed run loses nothing."""
+    sparsity: float = 0.0
+    """Prune to this per-layer sparsity while training (cubic schedule, Zhu & Gupta 2017)."""
+    prune_start: int = 0
+    """Agent step at which pruning starts."""
+    prune_end: int = 0
+    """Agent step at which the final sparsity is reached (0: at total_steps * 3/4)."""
+    prune_every: int = 1_000
+    """Agent steps between pruning rounds."""
+    threads: int = 0
+    """torch threads (0: torch's default)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+
+    @classmethod
+    def cartpole(cls, **kw: Any) -> "DQNConfig":
+        """Settings that solve CartPole-v1 in about a minute on 2 CPU cores."""
+        base: dict[str, Any] = dict(hidden=(256, 256), lr=2.3e-3, buffer_size=100_000, train_every=2,
+                                    target_update=128, eps_decay_steps=8_000, eps_end=0.04,
+                                    eval_every=2_500, stop_score=500.0)
+        base.update(kw)
+        return cls(**base)
+
+    @classmethod
+    def atari(cls, game: str, **kw: Any) -> "DQNConfig":
+        """CPU-budget Atari settings: 4 envs, 3-step Double DQN, 1 update per 4 agent steps."""
+        base = dict(env=game, total_steps=1_000_000, num_envs=4, buffer_size=200_000, batch_size=32,
+                    n_step=3, lr=1e-4, adam_eps=1.5e-4, learning_starts=20_000, train_every=4,
+                    target_update=2_000, eps_start=1.0, eps_end=0.01, eps_decay_steps=250_000,
+                    clip_rewards=True, life_loss_terminal=True, eval_every=100_000, eval_episodes=5,
+                    eval_max_steps=10_000, checkpoint_every=25_000, prune_every=10_000)
+        base.update(kw)
+        return cls(**base)
+
+    def validate(self) -> None:
+        is_atari(self.env)  # raises for unknown envs
+        if self.total_steps < 1 or self.num_envs < 1 or self.batch_size < 1 or self.n_step < 1:
+            raise ValueError("total_steps, num_envs, batch_size and n_step must be >= 1")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        check_sparsity(self.sparsity)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DQNConfig":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "hidden" in kw:
+            kw["hidden"] = tuple(kw["hidden"])
+        return cls(**kw)
+
+
+@dataclass
+class TrainResult:
+    """The trained (final) network, the best evaluated one, and the run's history."""
+
+    net: QNetwork
+    best_net: QNetwork
+    history: dict[str, list] = field(default_factory=dict)
+    config: DQNConfig | None = None
+    wall_time: float = 0.0
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """CUDA when asked or available, else CPU; nothing here needs a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_state(net: QNetwork, state: dict[str, torch.Tensor]) -> QNetwork:
+    """Load a state dict, pruned (``weight_orig``/``weight_mask``) or plain, into ``net``."""
+    from torch.nn.utils import prune
+
+    for name, m in net.body.named_children():
+        if f"body.{name}.weight_mask" in state and not hasattr(m, "weight_mask"):
+            prune.identity(m, "weight")
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"weights do not fit network {net.spec}: {str(e).splitlines()[0]}") from None
+    return net
+
+
+def copy_weights(src: QNetwork, dst: QNetwork) -> None:
+    """Copy the effective (masked) weights of ``src`` into the plain network ``dst``."""
+    with torch.no_grad():
+        for a, b in zip(src.body, dst.body):
+            if hasattr(a, "weight"):
+                b.weight.copy_(a.weight)
+                b.bias.copy_(a.bias)
+
+
+def _spec_for(cfg: DQNConfig, envs: Any) -> NetworkSpec:
+    n_actions = int(envs.single_action_space.n)
+    if is_atari(cfg.env):
+        return NetworkSpec("nature-dqn", n_actions)
+    return NetworkSpec("mlp", n_actions, obs_dim=int(np.prod(envs.single_observation_space.shape)),
+                       hidden=tuple(cfg.hidden))
+
+
+def _sparsity_at(cfg: DQNConfig, step: int) -> float:
+    if cfg.sparsity <= 0 or step < cfg.prune_start:
+        return 0.0
+    end = cfg.prune_end or int(cfg.total_steps * 3 / 4)
+    frac = min(1.0, (step - cfg.prune_start) / max(1, end - cfg.prune_start))
+    return cfg.sparsity * (1 - (1 - frac) ** 3)
+
+
+def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool = True,
+          progress: bool = True, callback: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train (or resume) a Double DQN agent; returns the final and best networks.
+
+    ``callback(agent_step, info)`` is called after every vector step (for plots or tests).
+    """
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    run = Path(run_dir) if run_dir is not None else None
+    ckpt_path = run / "checkpoint.pt" if run else None
+    replay_path = run / "replay.npz" if run else None
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    envs = make_vector_env(cfg.env, cfg.num_envs, seed=cfg.seed)
+    spec = _spec_for(cfg, envs)
+    q = build_network(spec).to(device)
+    target = build_network(spec).to(device)
+    target.load_state_dict(q.state_dict())
+    best = copy.deepcopy(q)
+    opt = torch.optim.Adam(q.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    obs_space = envs.single_observation_space
+    atari = is_atari(cfg.env)
+    rb = ReplayBuffer(cfg.buffer_size, cfg.num_envs, tuple(obs_space.shape), obs_space.dtype,
+                      stack=obs_space.shape[0] if atari else 1, seed=cfg.seed)
+    hist: dict[str, list] = {"episode_step": [], "episode_return": [], "eval_step": [], "eval_mean": [],
+                             "eval_std": [], "loss_step": [], "loss": []}
+    step, updates, best_score, wall, credit = 0, 0, -math.inf, 0.0, 0.0
+    warm_until = 0
+
+    if ckpt_path is not None and resume and ckpt_path.exists():
+        data = load_checkpoint(ckpt_path, map_location=device)
+        check_spec(data, spec, ckpt_path)
+        saved = DQNConfig.from_dict(data["config"])
+        if saved.env != cfg.env or saved.seed != cfg.seed:
+            raise CheckpointError(f"{ckpt_path} belongs to a run on {saved.env} seed {saved.seed}, "
+                                  f"not {cfg.env} seed {cfg.seed}; use another run_dir")
+        load_state(q, data["model"])
+        target.load_state_dict(data["target"])
+        load_state(best, data["best"])
+        opt.load_state_dict(data["optimizer"])
+        step, updates, best_score = int(data["step"]), int(data["updates"]), float(data["best_score"])
+        wall, credit = float(data["wall_time"]), float(data.get("credit", 0.0))
+        hist = data["history"]
+        rng.bit_generator.state = data["np_rng"]
+        rb.rng.bit_generator.state = data["replay_rng"]
+        torch.set_rng_state(data["torch_rng"])
+        if cfg.save_replay and replay_path is not None and replay_path.exists():
+            try:
+                with np.load(replay_path, allow_pickle=False) as z:
+                    rb.load_state_dict({k: z[k] for k in z.files})
+                if int(rb.state_dict()["meta"][1]) == 0:
+                    raise ValueError("empty")
+            except Exception:
+                warm_until = step + cfg.learning_starts
+        else:
+            warm_until = step + cfg.learning_starts
+        if step >= cfg.total_steps:
+            envs.close()
+            return TrainResult(q, best, hist, cfg, wall)
+
+    def checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        if cfg.save_replay:
+            atomic_write(replay_path, lambda tmp: np.savez(open(tmp, "wb"), **rb.state_dict()))
+        save_checkpoint(ckpt_path, {
+            "spec": spec.to_dict(), "config": cfg.to_dict(), "model": q.state_dict(),
+            "target": target.state_dict(), "best": best.state_dict(), "optimizer": opt.state_dict(),
+            "step": step, "updates": updates, "best_score": best_score, "wall_time": wall,
+            "credit": credit, "history": hist, "np_rng": rng.bit_generator.state,
+            "replay_rng": rb.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+        })
+        atomic_write(run / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(
+            {"config": cfg.to_dict(), "step": step, "wall_time": wall, "best_score": best_score, **hist})))
+
+    def run_eval() -> None:
+        nonlocal best_score
+        res = evaluate(q, cfg.env, episodes=cfg.eval_episodes, seed=10_000 + cfg.seed,
+                       epsilon=cfg.eval_epsilon, max_steps=cfg.eval_max_steps)
+        hist["eval_step"].append(step)
+        hist["eval_mean"].append(res.mean_score)
+        hist["eval_std"].append(res.std_score)
+        if res.mean_score >= best_score:
+            best_score = res.mean_score
+            copy_weights(q, best)
+            if run is not None:
+                save_checkpoint(run / "best.pt", {"spec": spec.to_dict(), "model": _plain_state(q),
+                                                  "step": step, "score": best_score})
+
+    obs, info = envs.reset(seed=int(cfg.seed * 1_000 + step))
+    rb.new_episodes()
+    lives = np.asarray(info.get("lives", np.zeros(cfg.num_envs)))
+    ep_return = np.zeros(cfg.num_envs)
+    prev_done = np.zeros(cfg.num_envs, dtype=bool)
+    bar = tqdm(total=cfg.total_steps, initial=step, desc=f"DQN {cfg.env}", disable=not progress,
+               unit="step", smoothing=0.05)
+    t_start = time.time() - wall
+    next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+    next_eval = (step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
+    next_prune = cfg.prune_start if cfg.sparsity > 0 else math.inf
+    try:
+        while step < cfg.total_steps:
+            eps = max(cfg.eps_end, cfg.eps_start + (cfg.eps_end - cfg.eps_start) * step / max(1, cfg.eps_decay_steps))
+            with torch.no_grad():
+                greedy = q(torch.as_tensor(obs, device=device)).argmax(1).cpu().numpy()
+            explore = rng.random(cfg.num_envs) < eps
+            actions = np.where(explore, rng.integers(0, envs.single_action_space.n, cfg.num_envs), greedy)
+            next_obs, reward, term, trunc, info = envs.step(actions)
+            new_lives = np.asarray(info.get("lives", lives))
+            lost = (new_lives < lives) & ~prev_done if cfg.life_loss_terminal else None
+            lives = new_lives
+            r = np.sign(reward) if cfg.clip_rewards else reward
+            rb.add(obs, actions, r.astype(np.float32), term, trunc, lost)
+            ep_return += np.where(prev_done, 0.0, reward)
+            for e in np.flatnonzero((term | trunc) & ~prev_done):
+                hist["episode_step"].append(step + cfg.num_envs)
+                hist["episode_return"].append(float(ep_return[e]))
+                ep_return[e] = 0.0
+            prev_done = (term | trunc) & ~prev_done
+            obs = next_obs
+            step += cfg.num_envs
+            bar.update(cfg.num_envs)
+
+            if step >= next_prune:
+                s = _sparsity_at(cfg, step)
+                if s > 0:
+                    prune_network(q, s)
+                next_prune = step + cfg.prune_every if s < cfg.sparsity else math.inf
+
+            if step > cfg.learning_starts and step > warm_until:
+                credit += cfg.num_envs / cfg.train_every
+                while credit >= 1:
+                    credit -= 1
+                    loss = _update(q, target, opt, rb, cfg, device)
+                    updates += 1
+                    if updates % cfg.target_update == 0:
+                        copy_weights(q, target)
+                    if updates % 100 == 0:
+                        hist["loss_step"].append(step)
+                        hist["loss"].append(loss)
+            if step >= next_eval:
+                run_eval()
+                next_eval += cfg.eval_every
+                if cfg.stop_score is not None and hist["eval_mean"][-1] >= cfg.stop_score:
+                    break
+            if step >= next_ckpt:
+                wall = time.time() - t_start
+                checkpoint()
+                next_ckpt += cfg.checkpoint_every
+            if progress and hist["episode_return"] and step % (cfg.num_envs * 50) == 0:
+                post = {"eps": f"{eps:.2f}", "return": f"{np.mean(hist['episode_return'][-20:]):.1f}"}
+                if hist["eval_mean"]:
+                    post["eval"] = f"{hist['eval_mean'][-1]:.1f}"
+                bar.set_postfix(post, refresh=False)
+            if callback is not None:
+                callback(step, {"eps": eps, "updates": updates})
+        if cfg.eval_every and (not hist["eval_step"] or hist["eval_step"][-1] != step):
+            run_eval()
+        wall = time.time() - t_start
+        checkpoint()
+    except KeyboardInterrupt:
+        wall = time.time() - t_start
+        checkpoint()
+        raise
+    finally:
+        bar.close()
+        envs.close()
+    if not cfg.eval_every:
+        best = copy.deepcopy(q)
+    return TrainResult(q, best, hist, cfg, wall)
+
+
+def _plain_state(net: QNetwork) -> dict[str, torch.Tensor]:
+    plain = build_network(net.spec)
+    copy_weights(net, plain)
+    return plain.state_dict()
+
+
+def _update(q: QNetwork, target: QNetwork, opt: torch.optim.Optimizer, rb: ReplayBuffer,
+            cfg: DQNConfig, device: torch.device) -> float:
+    """One Double DQN step: the online net picks the next action, the target net values it."""
+    b = rb.sample(cfg.batch_size, cfg.n_step, cfg.gamma, device=device)
+    with torch.no_grad():
+        next_a = q(b.next_obs).argmax(1, keepdim=True)
+        next_v = target(b.next_obs).gather(1, next_a).squeeze(1)
+        y = b.returns + b.discounts * next_v
+    pred = q(b.obs).gather(1, b.actions.unsqueeze(1)).squeeze(1)
+    loss = F.smooth_l1_loss(pred, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(q.parameters(), cfg.max_grad_norm)
+    opt.step()
+    return float(loss.detach())
