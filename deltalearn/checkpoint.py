@@ -33,6 +33,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; checkpoints are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,89 @@
+"""Trained agents shipped inside the package, loaded offline and hash-checked.
+
+Each agent is ``agents/<name>.pt``: fp16 weights (half the size, and the Q-values of a
+trained DQN do not care) plus its :class:`~deltalearn.nets.NetworkSpec`. ``agents/manifest.json``
+records for each file its sha256 and how it was made (steps, frames, wall time,
+hyperparameters, seed, evaluation score), so a loaded agent is exactly the one measured.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, atomic_write, check_spec, load_checkpoint, save_checkpoint
+from .nets import NetworkSpec, QNetwork, build_network
+
+__all__ = ["AGENT_DIR", "agent_names", "agent_record", "load_agent", "export_agent", "load_network_file", "sha256"]
+
+AGENT_DIR = Path(__file__).parent / "agents"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest(directory: Path) -> dict[str, Any]:
+    p = directory / "manifest.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def agent_names(directory: str | os.PathLike | None = None) -> list[str]:
+    """Names of the shipped agents (environment names such as ``CartPole-v1`` or ``Pong``)."""
+    return sorted(_manifest(Path(directory) if directory else AGENT_DIR))
+
+
+def agent_record(name: str, directory: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The manifest entry of a shipped agent: hash, training record, evaluation."""
+    man = _manifest(Path(directory) if directory else AGENT_DIR)
+    if name not in man:
+        raise ValueError(f"no shipped agent {name!r}; shipped agents: {', '.join(sorted(man)) or 'none'}")
+    return man[name]
+
+
+def load_network_file(path: str | os.PathLike, expected: NetworkSpec | None = None) -> QNetwork:
+    """Load a network saved by :func:`export_agent` or a training ``best.pt``/``checkpoint.pt``."""
+    from .dqn import load_state
+
+    data = load_checkpoint(path)
+    spec = NetworkSpec.from_dict(data["spec"])
+    if expected is not None:
+        check_spec(data, expected, path)
+    return load_state(build_network(spec), data["model"]).eval()
+
+
+def load_agent(name: str, directory: str | os.PathLike | None = None) -> QNetwork:
+    """Load a shipped agent by name after checking its sha256 against the manifest."""
+    d = Path(directory) if directory else AGENT_DIR
+    rec = agent_record(name, d)
+    path = d / rec["file"]
+    digest = sha256(path) if path.exists() else "missing"
+    if digest != rec["sha256"]:
+        raise CheckpointError(f"agent file {str(path)!r} does not match its manifest "
+                              f"(sha256 {digest[:12]}..., expected {rec['sha256'][:12]}...)")
+    return load_network_file(path)
+
+
+def export_agent(net: QNetwork, name: str, record: dict[str, Any],
+                 directory: str | os.PathLike | None = None) -> Path:
+    """Write ``net`` as a compact fp16 agent file and add it to the manifest."""
+    from .dqn import copy_weights
+
+    d = Path(directory) if directory else AGENT_DIR
+    plain = build_network(net.spec)
+    copy_weights(net, plain)
+    state = {k: v.detach().cpu().half() for k, v in plain.state_dict().items()}
+    path = d / f"{name}.pt"
+    save_checkpoint(path, {"spec": net.spec.to_dict(), "model": state})
+    man = _manifest(d)
+    man[name] = {"file": path.name, "sha256": sha256(path), "spec": net.spec.to_dict(), **record}
+    atomic_write(d / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(man, indent=2, sort_keys=True) + "\n"))
+    return path

@@ -1,0 +1,182 @@
+"""The ``deltalearn`` command: train, evaluate and count."""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from dataclasses import fields
+from typing import Any, Sequence
+
+__all__ = ["main"]
+
+
+def _threshold(text: str) -> float | list[float]:
+    from .delta import check_threshold
+
+    parts = [p for p in text.split(",") if p.strip()]
+    try:
+        vals = [check_threshold(p) for p in parts]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not vals:
+        raise argparse.ArgumentTypeError(f"threshold must be a number >= 0, got {text!r}")
+    return vals[0] if len(vals) == 1 else vals
+
+
+def _sparsity(text: str) -> float:
+    from .pruning import check_sparsity
+
+    try:
+        return check_sparsity(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    from .dqn import DQNConfig
+
+    names = {f.name for f in fields(DQNConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or key not in names:
+            raise SystemExit(f"--set expects KEY=VALUE with KEY one of: {', '.join(sorted(names))}; got {item!r}")
+        try:
+            out[key] = ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            out[key] = val
+    return out
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .agents import export_agent
+    from .dqn import DQNConfig, train
+    from .envs import is_atari
+    from .evaluation import evaluate
+
+    over = _parse_set(a.set or [])
+    if a.steps is not None:
+        over["total_steps"] = a.steps
+    over["seed"] = a.seed
+    cfg = DQNConfig.atari(a.env, **over) if is_atari(a.env) else DQNConfig.cartpole(env=a.env, **over)
+    run_dir = a.run_dir or f"runs/{a.env}-seed{a.seed}"
+    res = train(cfg, run_dir, resume=not a.restart, progress=not a.no_progress)
+    ev = evaluate(res.best_net, cfg.env, episodes=a.eval_episodes, seed=a.eval_seed, progress=not a.no_progress)
+    steps = res.steps
+    summary = {"env": cfg.env, "run_dir": str(run_dir), "wall_time_s": round(res.wall_time, 1),
+               "evaluation": {k: v for k, v in ev.to_dict().items() if k not in ("layers",)}}
+    print(json.dumps(summary, indent=2))
+    if a.export:
+        frames = 4 if is_atari(cfg.env) else 1
+        export_agent(res.best_net, a.export_name or cfg.env, {
+            "env": cfg.env, "agent_steps": int(steps), "frames": int(steps) * frames,
+            "wall_time_s": round(res.wall_time, 1), "seed": cfg.seed, "config": cfg.to_dict(),
+            "evaluation": {k: ev.to_dict()[k] for k in ("episodes", "seed", "epsilon", "scores", "mean_score",
+                                                        "std_score") + (("hns",) if ev.hns is not None else ())},
+        }, directory=a.export)
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .agents import load_agent, load_network_file
+    from .evaluation import evaluate
+
+    net = load_network_file(a.checkpoint) if a.checkpoint else load_agent(a.game)
+    res = evaluate(net, a.game, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon,
+                   sparsity=a.sparsity, threshold=a.threshold, progress=not a.json and not a.no_progress)
+    d = res.to_dict()
+    if a.json:
+        print(json.dumps(d))
+    else:
+        print(f"{a.game} {res.variant}: {res.mean_score:.2f} +/- {res.std_score:.2f} over {len(res.scores)} "
+              f"episodes" + (f", HNS {res.hns:.3f}" if res.hns is not None else ""))
+        print(res.report)
+    return 0
+
+
+def cmd_count(a: argparse.Namespace) -> int:
+    from .counting import count_weights
+    from .nets import mlp_qnet, nature_dqn
+    from .pruning import make_permanent, prune_network
+
+    import torch
+
+    torch.manual_seed(a.seed)
+    net = nature_dqn(a.actions) if a.model == "nature-dqn" else mlp_qnet(a.obs_dim, a.actions, tuple(a.hidden))
+    if a.sparsity:
+        make_permanent(prune_network(net, a.sparsity))
+    rep = count_weights(net, label=f"{a.model}" + (f" pruned to {a.sparsity:g}" if a.sparsity else " dense"))
+    if a.json:
+        print(rep.to_json())
+    else:
+        print(rep)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .envs import ENV_NAMES
+    from .nets import MODELS
+
+    p = argparse.ArgumentParser(prog="deltalearn", description="Pruning + delta networks for DQN agents: "
+                                "train agents, evaluate them with fewer multiplications, count multiplications.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a Double DQN agent (resumes from RUN_DIR)",
+                       description="Train a Double DQN agent. Checkpoints go to --run-dir; running the same "
+                       "command again resumes from the last checkpoint.")
+    t.add_argument("--env", "--game", dest="env", required=True, choices=ENV_NAMES, metavar="ENV",
+                   help="CartPole-v1 or an Atari game: " + ", ".join(ENV_NAMES[1:]))
+    t.add_argument("--steps", type=int, default=None, help="agent steps to train (default: the preset's)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--run-dir", default=None, help="checkpoint folder (default runs/ENV-seedS)")
+    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override DQNConfig fields, e.g. lr=1e-4")
+    t.add_argument("--eval-episodes", type=int, default=10, help="final evaluation episodes")
+    t.add_argument("--eval-seed", type=int, default=0)
+    t.add_argument("--export", metavar="DIR", default=None, help="write the best network as a shipped agent into DIR")
+    t.add_argument("--export-name", default=None, help="agent name in the manifest (default: ENV)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="play seeded episodes and count multiplications",
+                       description="Play N seeded episodes with a shipped agent (or --checkpoint) as dense, "
+                       "pruned (--sparsity), delta (--threshold) or pruned+delta network.")
+    e.add_argument("--game", "--env", dest="game", required=True, choices=ENV_NAMES, metavar="GAME",
+                   help="CartPole-v1 or an Atari game: " + ", ".join(ENV_NAMES[1:]))
+    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--sparsity", type=_sparsity, default=0.0, help="prune to this per-layer sparsity in [0, 1)")
+    e.add_argument("--threshold", type=_threshold, default=None,
+                   help="delta threshold >= 0, or one per weight layer separated by commas")
+    e.add_argument("--epsilon", type=float, default=None, help="default 0.05 for Atari, 0 for CartPole")
+    e.add_argument("--checkpoint", default=None, help="a network file instead of the shipped agent")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("count", help="multiplications per decision of a network",
+                       description="Dense multiplications per layer for one decision; with --sparsity, the "
+                       "significant ones left after magnitude pruning (random weights, every input non-zero).")
+    c.add_argument("--model", choices=MODELS, default="nature-dqn")
+    c.add_argument("--actions", type=int, default=4)
+    c.add_argument("--obs-dim", type=int, default=4, help="MLP input size")
+    c.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="MLP hidden widths")
+    c.add_argument("--sparsity", type=_sparsity, default=0.0)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_count)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValueError as e:  # bad input found past argparse: one clear line, no traceback
+        print(f"deltalearn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

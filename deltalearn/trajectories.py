@@ -1,0 +1,48 @@
+"""Recorded episodes shipped with the package, for exact, reproducible counts.
+
+Counting multiplications on a *recorded* trajectory gives the same integers on every
+machine; replaying a live episode does not always (float round-off can flip a close
+action and the game diverges). Chapters pin their exact numbers on these recordings.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from .checkpoint import atomic_write
+from .evaluation import evaluate
+
+__all__ = ["DATA_DIR", "record_trajectory", "save_trajectory", "load_trajectory", "trajectory_names"]
+
+DATA_DIR = Path(__file__).parent / "data"
+
+
+def record_trajectory(net: nn.Module, env_name: str, seed: int = 0, epsilon: float | None = None,
+                      max_steps: int | None = None) -> dict[str, np.ndarray]:
+    """Play one seeded episode and return its observations, actions and score."""
+    res = evaluate(net, env_name, episodes=1, seed=seed, epsilon=epsilon, record=True, max_steps=max_steps)
+    return {"observations": res.observations[0], "actions": res.actions[0],
+            "score": np.array(res.scores[0]), "seed": np.array(seed)}
+
+
+def save_trajectory(traj: dict[str, np.ndarray], name: str, directory: str | os.PathLike | None = None) -> Path:
+    """Write a trajectory as compressed ``<name>.npz`` (atomically)."""
+    path = Path(directory or DATA_DIR) / f"{name}.npz"
+    atomic_write(path, lambda tmp: np.savez_compressed(open(tmp, "wb"), **traj))
+    return path
+
+
+def trajectory_names(directory: str | os.PathLike | None = None) -> list[str]:
+    return sorted(p.stem for p in Path(directory or DATA_DIR).glob("*.npz"))
+
+
+def load_trajectory(name: str, directory: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Load a shipped trajectory: ``observations`` (steps, ...), ``actions``, ``score``, ``seed``."""
+    path = Path(directory or DATA_DIR) / f"{name}.npz"
+    if not path.is_file():
+        raise ValueError(f"no shipped trajectory {name!r}; shipped: {', '.join(trajectory_names(directory)) or 'none'}")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
