@@ -10,6 +10,7 @@ after :meth:`DeltaNetwork.reset` sends everything, i.e. it is a dense pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Sequence
 
 import torch
@@ -53,7 +54,8 @@ class DeltaNetwork(nn.Module):
         self.modules_ = list(body)
         self.names = layer_names(net)
         n = len(self.names)
-        if isinstance(threshold, (int, float)):
+        if isinstance(threshold, (int, float, str)) or not isinstance(threshold, Iterable):
+            # one value for all layers (a string or None is checked, not iterated)
             ths = [check_threshold(threshold)] * n
         else:
             ths = [check_threshold(t) for t in threshold]
