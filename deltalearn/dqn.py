@@ -12,6 +12,8 @@ import copy
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -316,6 +318,7 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     next_eval = (step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
     next_prune = cfg.prune_start if cfg.sparsity > 0 else math.inf
+    old_term = _checkpoint_on_sigterm()
     try:
         while step < cfg.total_steps:
             eps = max(cfg.eps_end, cfg.eps_start + (cfg.eps_end - cfg.eps_start) * step / max(1, cfg.eps_decay_steps))
@@ -383,9 +386,22 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     finally:
         bar.close()
         envs.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     if not cfg.eval_every:
         best = copy.deepcopy(q)
     return TrainResult(q, best, hist, cfg, wall, step)
+
+
+def _checkpoint_on_sigterm() -> Any:
+    """Turn SIGTERM (``kill``, a scheduler's stop) into KeyboardInterrupt so the run checkpoints."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _plain_state(net: QNetwork) -> dict[str, torch.Tensor]:
