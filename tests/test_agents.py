@@ -1,0 +1,102 @@
+"""Shipped agents, recorded trajectories and seeded evaluation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import deltalearn as dl
+
+
+@pytest.fixture(scope="module")
+def cartpole():
+    torch.set_num_threads(1)
+    return dl.load_agent("CartPole-v1")
+
+
+@pytest.fixture(scope="module")
+def trajectory():
+    return dl.load_trajectory("CartPole-v1")
+
+
+def test_shipped_agent_matches_its_manifest(cartpole):
+    assert "CartPole-v1" in dl.agent_names()
+    rec = dl.agent_record("CartPole-v1")
+    assert dl.agents.sha256(dl.AGENT_DIR / rec["file"]) == rec["sha256"]
+    assert dl.NetworkSpec.from_dict(rec["spec"]) == cartpole.spec
+    assert cartpole.spec.model == "mlp" and cartpole.n_actions == 2 and cartpole.input_shape == (4,)
+
+
+def test_trajectory_is_a_full_episode_of_the_shipped_agent(cartpole, trajectory):
+    obs, actions = trajectory["observations"], trajectory["actions"]
+    assert obs.shape == (len(actions), 4) and obs.dtype == np.float32
+    assert float(trajectory["score"]) == len(actions)
+    with torch.no_grad():
+        greedy = cartpole(torch.as_tensor(obs)).argmax(1).numpy()
+    # CartPole is evaluated greedily: the recorded actions are the agent's own choices
+    assert (greedy == actions).all()
+
+
+@pytest.mark.parametrize("threshold", [None, 0.05])
+def test_same_seed_gives_identical_scores_and_counts(cartpole, threshold):
+    kw = dict(episodes=3, seed=5, threshold=threshold, max_steps=150, parallel=2, epsilon=0.1)
+    a = dl.evaluate(cartpole, "CartPole-v1", **kw)
+    b = dl.evaluate(cartpole, "CartPole-v1", **kw)
+    assert a.scores == b.scores and a.lengths == b.lengths
+    assert np.array_equal(a.report.per_step, b.report.per_step)
+    assert a.report.to_dict() == b.report.to_dict()
+    assert a.report.steps == sum(a.lengths)
+    # a different seed meets different games (epsilon-greedy: different random actions)
+    c = dl.evaluate(cartpole, "CartPole-v1", **{**kw, "seed": 6})
+    assert c.scores != a.scores or not np.array_equal(c.report.per_step, a.report.per_step)
+
+
+def test_episode_results_do_not_depend_on_parallel_slots(cartpole):
+    kw = dict(episodes=3, seed=1, max_steps=120, epsilon=0.2)
+    one = dl.evaluate(cartpole, "CartPole-v1", parallel=1, **kw)
+    three = dl.evaluate(cartpole, "CartPole-v1", parallel=3, **kw)
+    assert one.scores == three.scores and one.lengths == three.lengths
+
+
+def test_dense_evaluation_counts_equal_count_forward_on_the_recorded_observations(cartpole):
+    res = dl.evaluate(cartpole, "CartPole-v1", episodes=2, seed=0, max_steps=100, record=True)
+    obs = torch.as_tensor(np.concatenate(res.observations))
+    q, counts = dl.count_forward(cartpole, obs)
+    assert np.array_equal(res.report.per_step, counts.numpy())
+    # greedy evaluation (epsilon 0 for CartPole): the actions are the argmax of the Q-values
+    assert np.array_equal(np.concatenate(res.actions), q.argmax(1).numpy())
+    dense = dl.dense_counts(cartpole)
+    assert [l.dense for l in res.report.layers] == [d * len(obs) for d in dense]
+
+
+def test_delta_at_threshold_zero_replays_the_dense_actions(cartpole, trajectory):
+    obs = trajectory["observations"]
+    rr = dl.replay(cartpole, obs, threshold=0.0)
+    assert rr.agreement == 1.0
+    assert np.array_equal(rr.reference_actions, trajectory["actions"])
+    with torch.no_grad():
+        q_dense = cartpole(torch.as_tensor(obs)).numpy()
+    np.testing.assert_allclose(rr.q_values, q_dense, atol=1e-3, rtol=1e-4)
+    # the first step is a dense pass: its counts are count_forward's
+    _, first = dl.count_forward(cartpole, torch.as_tensor(obs[:1]))
+    assert rr.report.per_step[0].tolist() == first[0].tolist()
+    assert rr.report.per_step.shape == (len(obs), 3)
+    assert rr.report.total_dense == dl.replay(cartpole, obs).report.total_dense
+
+
+def test_replay_without_delta_counts_like_count_forward(cartpole, trajectory):
+    obs = trajectory["observations"][:100]
+    rr = dl.replay(cartpole, obs)
+    _, counts = dl.count_forward(cartpole, torch.as_tensor(obs))
+    assert np.array_equal(rr.report.per_step, counts.numpy())
+    assert rr.agreement == 1.0
+
+
+def test_pruned_and_delta_variants_do_fewer_multiplications(cartpole, trajectory):
+    obs = trajectory["observations"]
+    dense = dl.replay(cartpole, obs).report
+    pruned = dl.replay(cartpole, obs, sparsity=0.8).report
+    both = dl.replay(cartpole, obs, sparsity=0.8, threshold=0.01).report
+    assert pruned.total_significant < 0.3 * dense.total_significant
+    assert both.total_significant < pruned.total_significant
+    assert dense.total_dense == pruned.total_dense == both.total_dense

@@ -1,0 +1,93 @@
+"""The ``deltalearn`` command line, run as a real subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import deltalearn as dl
+from deltalearn import cli
+
+# one torch thread in the child too: faster on a busy 2-core machine
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def deltalearn(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "deltalearn.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def test_count_json_for_nature_dqn():
+    p = deltalearn("count", "--model", "nature-dqn", "--actions", "4", "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["total_dense"] == 9_345_024
+    assert d["total_significant"] == 9_345_024  # dense, unpruned: every product counts
+    assert d["reduction"] == pytest.approx(1.0)
+    assert [l["name"] for l in d["layers"]] == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    assert [l["dense"] for l in d["layers"]] == [3_276_800, 2_654_208, 1_806_336, 1_605_632, 2048]
+    assert all(set(l) == {"name", "dense", "significant"} for l in d["layers"])
+    assert all(l["significant"] == l["dense"] for l in d["layers"])
+
+
+def test_count_json_with_sparsity_in_process(capsys):
+    assert cli.main(["count", "--model", "nature-dqn", "--actions", "6", "--sparsity", "0.75", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["total_dense"] == 9_345_024 + 2 * 512
+    for l in d["layers"]:
+        # every input non-zero: a quarter of the weights remain, so about a quarter of the products
+        assert l["significant"] == pytest.approx(0.25 * l["dense"], rel=0.01)
+    assert d["reduction"] == pytest.approx(4.0, rel=0.01)
+
+
+def test_evaluate_json_on_cartpole():
+    p = deltalearn("evaluate", "--game", "CartPole-v1", "--episodes", "2", "--seed", "0", "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    for key in ("scores", "mean_score", "std_score", "layers", "total_dense", "total_significant", "reduction",
+                "steps", "variant", "episodes"):
+        assert key in d, key
+    assert len(d["scores"]) == 2 and d["episodes"] == 2
+    assert d["mean_score"] == pytest.approx(sum(d["scores"]) / 2)
+    assert d["steps"] == sum(d["lengths"]) == sum(d["scores"])  # CartPole: +1 per step
+    assert d["variant"] == "dense"
+    assert d["total_dense"] == d["steps"] * sum(dl.dense_counts(dl.load_agent("CartPole-v1")))
+    assert 0 < d["total_significant"] <= d["total_dense"]
+    assert d["reduction"] == pytest.approx(d["total_dense"] / d["total_significant"])
+    # the same command in-process gives the same numbers (seeded)
+    same = dl.evaluate(dl.load_agent("CartPole-v1"), "CartPole-v1", episodes=2, seed=0).to_dict()
+    assert same["scores"] == d["scores"] and same["total_significant"] == d["total_significant"]
+
+
+def test_evaluate_delta_variant_text_output(capsys):
+    assert cli.main(["evaluate", "--game", "CartPole-v1", "--episodes", "1", "--threshold", "0.01",
+                        "--sparsity", "0.5", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "pruned+delta" in out and "total" in out and "fc1" in out
+
+
+HELP_OPTIONS = {"train": ["--env", "--steps", "--run-dir", "--set"],
+                "evaluate": ["--game", "--episodes", "--threshold", "--sparsity", "--json"],
+                "count": ["--model", "--actions", "--sparsity", "--json"]}
+
+
+@pytest.mark.parametrize("command", sorted(HELP_OPTIONS))
+def test_help(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: deltalearn {command}" in out
+    for opt in HELP_OPTIONS[command]:
+        assert opt in out
+
+
+def test_help_through_the_console_script():
+    exe = shutil.which("deltalearn")
+    cmd = [exe] if exe else [sys.executable, "-m", "deltalearn.cli"]
+    sub = subprocess.run(cmd + ["evaluate", "--help"], capture_output=True, text=True, timeout=120, env=ENV)
+    assert sub.returncode == 0 and "usage: deltalearn evaluate" in sub.stdout

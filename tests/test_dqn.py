@@ -1,0 +1,121 @@
+"""DQN training: a killed run resumes from its last checkpoint; checkpoint files are atomic."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import deltalearn as dl
+
+
+class Killed(RuntimeError):
+    """Stands for the process dying (not a KeyboardInterrupt, which would checkpoint first)."""
+
+
+def tiny_config(**kw):
+    base = dict(env="CartPole-v1", total_steps=3000, learning_starts=500, checkpoint_every=1000,
+                eval_every=1000, eval_episodes=1, eval_max_steps=50, hidden=(32, 32), batch_size=32,
+                buffer_size=5000, train_every=4, target_update=50, eps_decay_steps=1000, seed=3, threads=1,
+                device="cpu")
+    base.update(kw)
+    return dl.DQNConfig(**base)
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config()
+
+    def kill_midway(step, info):
+        if step == 2500:  # after the step-2000 checkpoint, before the next one
+            raise Killed("simulated crash")
+
+    with pytest.raises(Killed):
+        dl.train(cfg, run, progress=False, callback=kill_midway)
+    saved = dl.load_checkpoint(run / "checkpoint.pt")
+    assert saved["step"] == 2000  # steps 2001..2500 were never saved
+    assert (run / "replay.npz").exists()
+    saved_hist = saved["history"]
+    assert saved_hist["eval_step"] == [1000, 2000]
+    assert len(saved_hist["episode_step"]) > 0 and max(saved_hist["episode_step"]) <= 2000
+    assert saved["updates"] > 0
+
+    seen = []
+    res = dl.train(tiny_config(), run, progress=False, callback=lambda step, info: seen.append(step))
+    # it picked up at the checkpoint: the first step of the resumed session is 2001, not 1
+    assert seen[0] == 2001
+    assert seen[-1] == 3000 and len(seen) == 1000
+    assert res.steps == 3000
+    # the history of the first session is kept, and the second session appends to it
+    for key in ("episode_step", "episode_return", "eval_step", "eval_mean", "loss_step", "loss"):
+        n = len(saved_hist[key])
+        assert res.history[key][:n] == saved_hist[key], key
+    assert res.history["eval_step"] == [1000, 2000, 3000]
+    assert all(s > 2000 for s in res.history["episode_step"][len(saved_hist["episode_step"]):])
+    final = dl.load_checkpoint(run / "checkpoint.pt")
+    assert final["step"] == 3000 == cfg.total_steps
+    assert final["updates"] > saved["updates"]
+    hist_json = json.loads((run / "history.json").read_text())
+    assert hist_json["step"] == 3000
+    assert (run / "best.pt").exists()
+    # the final network in the checkpoint is the returned one
+    net = dl.load_network_file(run / "checkpoint.pt")
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), res.net(x))
+
+    # training a finished run again does nothing and returns at total_steps
+    again = []
+    res2 = dl.train(tiny_config(), run, progress=False, callback=lambda s, i: again.append(s))
+    assert again == [] and res2.steps == 3000
+
+
+def test_resume_refuses_a_run_dir_of_another_run(tmp_path):
+    run = tmp_path / "run"
+    dl.train(tiny_config(total_steps=600, checkpoint_every=300, eval_every=0), run, progress=False)
+    assert dl.load_checkpoint(run / "checkpoint.pt")["step"] == 600
+    with pytest.raises(dl.CheckpointError, match="seed"):
+        dl.train(tiny_config(total_steps=900, seed=4, eval_every=0), run, progress=False)
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    path = tmp_path / "ckpt.bin"
+    path.write_bytes(b"old contents")
+
+    def half_then_crash(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"new con")
+            f.flush()
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        dl.atomic_write(path, half_then_crash)
+    assert path.read_bytes() == b"old contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.bin"]  # no temporary file left
+
+    dl.atomic_write(path, lambda tmp: Path(tmp).write_bytes(b"new contents"))
+    assert path.read_bytes() == b"new contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.bin"]
+
+
+def test_save_checkpoint_keeps_old_checkpoint_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    net = dl.mlp_qnet(4, 2, hidden=(8,))
+    dl.save_checkpoint(path, {"spec": net.spec.to_dict(), "model": net.state_dict(), "step": 1})
+    before = path.read_bytes()
+
+    real_save = torch.save
+
+    def crashing_save(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        with open(f, "r+b") as fh:  # leave a half-written file behind, then die
+            fh.truncate(len(before) // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        dl.save_checkpoint(path, {"spec": net.spec.to_dict(), "model": net.state_dict(), "step": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert dl.load_checkpoint(path)["step"] == 1
