@@ -9,7 +9,7 @@ from .delta import DeltaNetwork, check_threshold
 from .dqn import DQNConfig, TrainResult, copy_weights, load_state, select_device, train
 from .envs import ENV_NAMES, GAMES, GameInfo, game_info, hns, is_atari, make_env, make_vector_env
 from .evaluation import EvalResult, Policy, ReplayResult, default_epsilon, evaluate, make_policy, replay
-from .nets import MODELS, NetworkSpec, QNetwork, build_network, mlp_qnet, nature_dqn
+from .nets import MODELS, NetworkSpec, QNetwork, build_network, mlp_qnet, nature_dqn, plain_copy
 from .pruning import SparsityReport, check_sparsity, is_pruned, make_permanent, prune_network, sparsity_report
 from .replay import Batch, ReplayBuffer
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, atomic_write, check_spec, load_checkpoint, save_checkpoint
 from .envs import is_atari, make_vector_env
 from .evaluation import evaluate
-from .nets import NetworkSpec, QNetwork, build_network
+from .nets import NetworkSpec, QNetwork, build_network, copy_weights, plain_copy
 from .pruning import check_sparsity, prune_network
 from .replay import ReplayBuffer
 
@@ -184,15 +184,6 @@ def load_state(net: QNetwork, state: dict[str, torch.Tensor]) -> QNetwork:
     return net
 
 
-def copy_weights(src: QNetwork, dst: QNetwork) -> None:
-    """Copy the effective (masked) weights of ``src`` into the plain network ``dst``."""
-    with torch.no_grad():
-        for a, b in zip(src.body, dst.body):
-            if hasattr(a, "weight"):
-                b.weight.copy_(a.weight)
-                b.bias.copy_(a.bias)
-
-
 def _spec_for(cfg: DQNConfig, envs: Any) -> NetworkSpec:
     n_actions = int(envs.single_action_space.n)
     if is_atari(cfg.env):
@@ -214,10 +205,13 @@ def _sparsity_at(cfg: DQNConfig, step: int) -> float:
 
 
 def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool = True,
-          progress: bool = True, callback: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+          progress: bool = True, callback: Callable[[int, dict[str, Any]], None] | None = None,
+          init: QNetwork | None = None) -> TrainResult:
     """Train (or resume) a Double DQN agent; returns the final and best networks.
 
     ``callback(agent_step, info)`` is called after every vector step (for plots or tests).
+    ``init`` starts from a trained network's weights instead of random ones: with
+    ``cfg.sparsity > 0`` this is prune-while-fine-tuning (pruned weights stay zero).
     """
     cfg.validate()
     if cfg.threads:
@@ -235,6 +229,10 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     fmt = torch.channels_last if atari_net(spec) else torch.contiguous_format
     q = build_network(spec).to(device, memory_format=fmt)
     target = build_network(spec).to(device, memory_format=fmt)
+    if init is not None:
+        if init.spec != spec:
+            raise ValueError(f"init network is {init.spec}, but {cfg.env} needs {spec}")
+        copy_weights(init, q)
     target.load_state_dict(q.state_dict())
     best = copy.deepcopy(q)
     opt = torch.optim.Adam(q.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
@@ -300,7 +298,8 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
         hist["eval_step"].append(step)
         hist["eval_mean"].append(res.mean_score)
         hist["eval_std"].append(res.std_score)
-        if res.mean_score >= best_score:
+        # while pruning is under way a sparser network will follow: only a fully pruned one can be "best"
+        if res.mean_score >= best_score and _sparsity_at(cfg, step) >= cfg.sparsity:
             best_score = res.mean_score
             copy_weights(q, best)
             if run is not None:
@@ -389,7 +388,7 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     if not cfg.eval_every:
-        best = copy.deepcopy(q)
+        best = plain_copy(q)
     return TrainResult(q, best, hist, cfg, wall, step)
 
 

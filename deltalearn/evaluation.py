@@ -6,7 +6,6 @@ meet the same games (a paired comparison), however many episodes run side by sid
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 from .counting import MultiplicationReport, count_forward, dense_counts, layer_names
 from .delta import DeltaNetwork
 from .envs import hns, is_atari, make_env
+from .nets import plain_copy
 from .pruning import check_sparsity, make_permanent, prune_network
 
 __all__ = ["Policy", "make_policy", "evaluate", "EvalResult", "replay", "ReplayResult", "default_epsilon"]
@@ -39,7 +39,7 @@ class Policy:
                  scope: str = "layer", drift_free: bool = True) -> None:
         sparsity = check_sparsity(sparsity)
         self.sparsity, self.threshold = sparsity, threshold
-        net = copy.deepcopy(net).eval()
+        net = plain_copy(net)
         if sparsity > 0:
             prune_network(net, sparsity, scope=scope)
             make_permanent(net)
@@ -218,7 +218,7 @@ def replay(net: nn.Module, observations: np.ndarray, sparsity: float = 0.0,
     """Feed one recorded episode (steps, *obs_shape) through a variant; compare greedy actions
     with the dense network's. Open loop: a cheap proxy for closed-loop scores."""
     obs = torch.as_tensor(np.asarray(observations))
-    dense = copy.deepcopy(net).eval()
+    dense = plain_copy(net)
     with torch.no_grad():
         ref = torch.cat([dense(obs[i:i + batch]) for i in range(0, len(obs), batch)]).argmax(1).numpy()
     pol = Policy(net, sparsity, threshold)

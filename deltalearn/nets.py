@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["QNetwork", "NetworkSpec", "nature_dqn", "mlp_qnet", "build_network", "MODELS"]
+__all__ = ["QNetwork", "NetworkSpec", "nature_dqn", "mlp_qnet", "build_network", "MODELS", "copy_weights",
+           "plain_copy"]
 
 MODELS = ("nature-dqn", "mlp")
 
@@ -109,3 +110,27 @@ def build_network(spec: NetworkSpec) -> QNetwork:
     if spec.model == "mlp":
         return mlp_qnet(spec.obs_dim, spec.n_actions, spec.hidden)
     raise ValueError(f"unknown model {spec.model!r}; known models: {', '.join(MODELS)}")
+
+
+def copy_weights(src: QNetwork, dst: QNetwork) -> None:
+    """Copy the effective (masked, if pruned) weights and biases of ``src`` into ``dst``."""
+    with torch.no_grad():
+        for a, b in zip(src.body, dst.body):
+            if hasattr(a, "weight"):
+                b.weight.copy_(a.weight)
+                b.bias.copy_(a.bias)
+
+
+def plain_copy(net: nn.Module) -> nn.Module:
+    """An independent, unpruned-structure copy with the same effective weights, in eval mode.
+
+    ``copy.deepcopy`` fails on a pruned module after a forward pass with gradients (its
+    ``weight`` is then a computed tensor), so copies go through the spec instead.
+    """
+    if isinstance(net, QNetwork):
+        out = build_network(net.spec).to(next(net.parameters()).device)
+        copy_weights(net, out)
+        return out.eval()
+    import copy
+
+    return copy.deepcopy(net).eval()
