@@ -114,6 +114,29 @@ def cmd_count(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    from .agents import load_agent, load_network_file
+    from .reproduce import PAPER_SETTINGS, reproduce_sweep, reproduce_table, write_results
+    from .trajectories import load_trajectory, record_trajectory, trajectory_names
+
+    games = a.game or [g for g in PAPER_SETTINGS]
+    for game in games:
+        net = load_agent(game)
+        s, t = PAPER_SETTINGS.get(game, (0.5, 0.01))
+        s = a.sparsity if a.sparsity is not None else s
+        t = a.threshold if a.threshold is not None else t
+        pruned = load_network_file(a.pruned_checkpoint) if a.pruned_checkpoint else None
+        table = reproduce_table(net, game, s, t, episodes=a.episodes, seed=a.seed, pruned_net=pruned,
+                                progress=not a.no_progress)
+        write_results(a.out, f"{game}_table", table)
+        traj = load_trajectory(game) if game in trajectory_names() else record_trajectory(net, game, seed=a.seed)
+        sweep = reproduce_sweep(net, game, traj["observations"], a.sweep_sparsities, a.sweep_thresholds,
+                                episodes=a.sweep_episodes, seed=a.seed, progress=not a.no_progress)
+        paths = write_results(a.out, f"{game}_sweep", sweep)
+        print(f"{game}: wrote {a.out}/{game}_table.json and {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .envs import ENV_NAMES
     from .nets import MODELS
@@ -166,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_count)
+    r = sub.add_parser("reproduce", help="write the paper's tables and sweeps for shipped agents",
+                       description="For each game: the four variants (dense, pruned, delta, pruned+delta) on "
+                       "paired seeded episodes, and a sparsity x threshold sweep, written as JSON/CSV.")
+    r.add_argument("--game", nargs="*", choices=ENV_NAMES, metavar="GAME", help="default: the paper's table games")
+    r.add_argument("--sparsity", type=_sparsity, default=None, help="default: the paper's setting for the game")
+    r.add_argument("--threshold", type=_threshold, default=None)
+    r.add_argument("--pruned-checkpoint", default=None, help="a fine-tuned pruned network for the pruned variants")
+    r.add_argument("--episodes", type=int, default=10)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--sweep-sparsities", type=_sparsity, nargs="+", default=[0.0, 0.5, 0.79, 0.9])
+    r.add_argument("--sweep-thresholds", type=float, nargs="+", default=[0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1])
+    r.add_argument("--sweep-episodes", type=int, default=0, help="closed-loop episodes per sweep cell (0: replay only)")
+    r.add_argument("--out", default="book/data/reproduce")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_reproduce)
     return p
 
 

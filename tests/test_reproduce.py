@@ -1,0 +1,35 @@
+"""The reproduction tables: paired variants, and files written as promised."""
+import csv
+import json
+
+import deltalearn as dl
+from deltalearn.reproduce import reproduce_sweep, reproduce_table, write_results
+
+
+def test_table_pairs_variants_on_the_same_episodes(tmp_path):
+    net = dl.load_agent("CartPole-v1")
+    tab = reproduce_table(net, "CartPole-v1", sparsity=0.3, threshold=0.0, episodes=2, seed=5, progress=False)
+    v = tab["variants"]
+    assert list(v) == ["dense", "pruned", "delta", "pruned+delta"]
+    # delta at threshold 0 computes what the dense net computes: same actions, same games
+    assert v["delta"]["scores"] == v["dense"]["scores"]
+    assert v["pruned+delta"]["scores"] == v["pruned"]["scores"]
+    dense = dl.evaluate(net, "CartPole-v1", episodes=2, seed=5)
+    assert v["dense"]["total_significant"] == dense.report.total_significant
+    assert v["pruned"]["total_significant"] < v["dense"]["total_significant"]
+    write_results(tmp_path, "t", tab)
+    assert json.loads((tmp_path / "t.json").read_text())["variants"]["dense"]["scores"] == dense.scores
+
+
+def test_sweep_rows_and_csv(tmp_path):
+    net = dl.load_agent("CartPole-v1")
+    obs = dl.load_trajectory("CartPole-v1")["observations"][:50]
+    rows = reproduce_sweep(net, "CartPole-v1", obs, [0.0, 0.5], [0.0, 0.1], progress=False)
+    assert [(r["sparsity"], r["threshold"]) for r in rows] == [(0.0, 0.0), (0.0, 0.1), (0.5, 0.0), (0.5, 0.1)]
+    assert rows[0]["agreement"] == 1.0
+    # a larger threshold or sparsity never needs more multiplications on the same inputs here
+    assert rows[1]["reduction"] >= rows[0]["reduction"] and rows[2]["reduction"] > rows[0]["reduction"]
+    write_results(tmp_path, "s", rows)
+    with open(tmp_path / "s.csv") as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == 4 and float(got[3]["reduction"]) == rows[3]["reduction"]
