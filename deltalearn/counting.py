@@ -211,8 +211,9 @@ class MultiplicationReport:
         body = "".join(
             "<tr>" + "".join(f"<td style='text-align:{'left' if i == 0 else 'right'}'>{html.escape(c)}</td>"
                              for i, c in enumerate(r)) + "</tr>" for r in self._rows())
-        return ("<table>" + cap + "<thead><tr><th>layer</th><th>dense</th><th>significant</th>"
-                "<th>reduction</th></tr></thead><tbody>" + body + "</tbody></table>")
+        return ("<table>" + cap + "<thead><tr><th style='text-align:left'>layer</th>"
+                "<th style='text-align:right'>dense</th><th style='text-align:right'>significant</th>"
+                "<th style='text-align:right'>reduction</th></tr></thead><tbody>" + body + "</tbody></table>")
 
     @classmethod
     def from_counts(cls, names: Sequence[str], dense_per_step: Sequence[int],
