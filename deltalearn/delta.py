@@ -73,6 +73,8 @@ class DeltaNetwork(nn.Module):
         self.fresh: torch.Tensor | None = None
         self.last_counts: torch.Tensor | None = None
         """Significant products of the last step, int64 (batch, layers)."""
+        self.last_sent: list[torch.Tensor] = []
+        """Per weight layer, the boolean mask of input changes sent at the last step."""
 
     @property
     def batch_size(self) -> int | None:
@@ -132,6 +134,7 @@ class DeltaNetwork(nn.Module):
                              f"{self.fresh.shape[0]} streams; call reset() to start over")
         fresh = self.fresh
         counts = []
+        sent = []
         k = 0
         for m in self.modules_:
             if not isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -151,11 +154,13 @@ class DeltaNetwork(nn.Module):
             else:
                 x_ref.copy_(x)
             z += self._apply(k, m, d, bias=False)
+            sent.append(d != 0)
             if count:
                 counts.append(significant_products(m, d != 0, weight=self.weights[k]))
             x = z.clone()
             k += 1
         self.fresh = torch.zeros_like(fresh)
+        self.last_sent = sent
         self.last_counts = torch.stack(counts, dim=1) if count else None
         return x
 

@@ -109,10 +109,13 @@ class DQNConfig:
     def cartpole(cls, **kw: Any) -> "DQNConfig":
         """Settings that solve CartPole-v1 in about a minute on 2 CPU cores.
 
+        3-step returns made it reliable: seeds 0-5 all reached a 100-episode mean >= 475
+        (with 1-step returns seed 1 did not within 50k steps).
+
         One torch thread: for a network this small, thread synchronisation costs more than it
         saves, and on a busy machine two threads can be ten times slower.
         """
-        base: dict[str, Any] = dict(hidden=(256, 256), lr=2.3e-3, buffer_size=100_000, train_every=2,
+        base: dict[str, Any] = dict(hidden=(256, 256), lr=2.3e-3, n_step=3, buffer_size=100_000, train_every=2,
                                     target_update=128, eps_decay_steps=8_000, eps_end=0.04,
                                     eval_every=2_500, stop_score=500.0, threads=1)
         base.update(kw)

@@ -214,13 +214,23 @@ class ReplayResult:
 
 
 def replay(net: nn.Module, observations: np.ndarray, sparsity: float = 0.0,
-           threshold: float | Sequence[float] | None = None, batch: int = 256) -> ReplayResult:
+           threshold: float | Sequence[float] | None = None, batch: int = 256,
+           reference: nn.Module | np.ndarray | None = None) -> ReplayResult:
     """Feed one recorded episode (steps, *obs_shape) through a variant; compare greedy actions
-    with the dense network's. Open loop: a cheap proxy for closed-loop scores."""
+    with a reference. Open loop: a cheap proxy for closed-loop scores.
+
+    ``reference`` is the network (or the array of actions) to agree with; by default ``net``
+    itself, which is the dense agent unless ``net`` was already pruned or fine-tuned.
+    """
     obs = torch.as_tensor(np.asarray(observations))
-    dense = plain_copy(net)
-    with torch.no_grad():
-        ref = torch.cat([dense(obs[i:i + batch]) for i in range(0, len(obs), batch)]).argmax(1).numpy()
+    if isinstance(reference, np.ndarray):
+        if reference.shape != (len(obs),):
+            raise ValueError(f"reference actions have shape {reference.shape}; expected ({len(obs)},)")
+        ref = reference
+    else:
+        dense = plain_copy(net if reference is None else reference)
+        with torch.no_grad():
+            ref = torch.cat([dense(obs[i:i + batch]) for i in range(0, len(obs), batch)]).argmax(1).numpy()
     pol = Policy(net, sparsity, threshold)
     qs, cs = [], []
     if pol.delta is None:
