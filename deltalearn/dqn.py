@@ -4,7 +4,9 @@
 ``checkpoint_every`` agent steps it atomically writes ``run_dir/checkpoint.pt`` (networks,
 optimizer, counters, RNG states, history) and ``run_dir/replay.npz``; calling ``train`` again
 with the same ``run_dir`` resumes from there. The best network seen by the periodic
-evaluations is kept in ``run_dir/best.pt``.
+evaluations is kept in ``run_dir/best.pt``. ``run_dir/resume.pt`` is a few-MB warm-restart
+file (fp16 weights, counters, history) used when ``checkpoint.pt`` is absent, e.g. in a
+fresh clone where only ``resume.pt`` was committed.
 """
 from __future__ import annotations
 
@@ -252,7 +254,24 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     step, updates, best_score, wall, credit = 0, 0, -math.inf, 0.0, 0.0
     warm_until = 0
 
-    if ckpt_path is not None and resume and ckpt_path.exists():
+    compact_path = run / "resume.pt" if run else None
+    if ckpt_path is not None and resume and not ckpt_path.exists() and compact_path.exists():
+        # a warm restart from the small file a session can commit: weights, counters, history
+        data = load_checkpoint(compact_path, map_location=device)
+        check_spec(data, spec, compact_path)
+        saved = DQNConfig.from_dict(data["config"])
+        if saved.env != cfg.env or saved.seed != cfg.seed:
+            raise CheckpointError(f"{compact_path} belongs to a run on {saved.env} seed {saved.seed}, "
+                                  f"not {cfg.env} seed {cfg.seed}; use another run_dir")
+        load_state(q, data["model"])
+        copy_weights(q, target)
+        copy_weights(q, best)
+        step, updates, best_score = int(data["step"]), int(data["updates"]), float(data["best_score"])
+        wall, hist = float(data["wall_time"]), data["history"]
+        rng = np.random.default_rng([cfg.seed, step])
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        warm_until = step + cfg.learning_starts
+    elif ckpt_path is not None and resume and ckpt_path.exists():
         data = load_checkpoint(ckpt_path, map_location=device)
         check_spec(data, spec, ckpt_path)
         saved = DQNConfig.from_dict(data["config"])
@@ -295,6 +314,7 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
             "credit": credit, "history": hist, "np_rng": rng.bit_generator.state,
             "replay_rng": rb.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
         })
+        save_compact_resume(compact_path, spec, cfg, q, step, updates, best_score, wall, hist)
         atomic_write(run / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(
             {"config": cfg.to_dict(), "step": step, "wall_time": wall, "best_score": best_score, **hist})))
 
@@ -397,6 +417,20 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     if not cfg.eval_every:
         best = plain_copy(q)
     return TrainResult(q, best, hist, cfg, wall, step)
+
+
+def save_compact_resume(path: Path, spec: NetworkSpec, cfg: DQNConfig, q: QNetwork, step: int, updates: int,
+                        best_score: float, wall: float, hist: dict[str, list]) -> None:
+    """A few-MB file to resume from on another machine: fp16 online weights, counters, history.
+
+    ``checkpoint.pt`` (networks, optimizer, RNGs) and ``replay.npz`` resume exactly but are
+    tens of MB and GBs; this one is small enough to commit. Resuming from it is a warm
+    restart: the target network is the online one, Adam starts afresh and the replay buffer
+    refills for ``learning_starts`` steps before updates resume.
+    """
+    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu() for k, v in q.state_dict().items()}
+    save_checkpoint(path, {"spec": spec.to_dict(), "config": cfg.to_dict(), "model": state, "step": step,
+                           "updates": updates, "best_score": best_score, "wall_time": wall, "history": hist})
 
 
 def _checkpoint_on_sigterm() -> Any:

@@ -119,3 +119,24 @@ def test_save_checkpoint_keeps_old_checkpoint_when_interrupted(tmp_path, monkeyp
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert dl.load_checkpoint(path)["step"] == 1
+
+
+def test_warm_restart_from_compact_resume_file(tmp_path):
+    """Only resume.pt survives (a fresh clone): training continues from its step and history."""
+    import torch
+
+    cfg = dl.DQNConfig.cartpole(total_steps=2000, learning_starts=300, checkpoint_every=1000, eval_every=0,
+                                stop_score=None)
+    dl.train(cfg, tmp_path, progress=False)
+    for f in ("checkpoint.pt", "replay.npz"):
+        (tmp_path / f).unlink()
+    data = torch.load(tmp_path / "resume.pt", weights_only=True)
+    assert data["step"] == 2000 and all(v.dtype == torch.float16 for v in data["model"].values())
+    n_eps = len(data["history"]["episode_return"])
+    seen = []
+    cfg2 = dl.DQNConfig.from_dict({**cfg.to_dict(), "total_steps": 2500})
+    res = dl.train(cfg2, tmp_path, progress=False, callback=lambda step, info: seen.append(step))
+    assert seen[0] == 2001 and res.steps == 2500
+    assert len(res.history["episode_return"]) >= n_eps
+    first = {k: v.float() for k, v in data["model"].items()}
+    assert any((p.detach() - first[k]).abs().max() > 0 for k, p in res.net.state_dict().items())
