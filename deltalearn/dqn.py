@@ -257,12 +257,7 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     compact_path = run / "resume.pt" if run else None
     if ckpt_path is not None and resume and not ckpt_path.exists() and compact_path.exists():
         # a warm restart from the small file a session can commit: weights, counters, history
-        data = load_checkpoint(compact_path, map_location=device)
-        check_spec(data, spec, compact_path)
-        saved = DQNConfig.from_dict(data["config"])
-        if saved.env != cfg.env or saved.seed != cfg.seed:
-            raise CheckpointError(f"{compact_path} belongs to a run on {saved.env} seed {saved.seed}, "
-                                  f"not {cfg.env} seed {cfg.seed}; use another run_dir")
+        data = _load_run_file(compact_path, spec, cfg, device)
         load_state(q, data["model"])
         copy_weights(q, target)
         copy_weights(q, best)
@@ -272,12 +267,7 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         warm_until = step + cfg.learning_starts
     elif ckpt_path is not None and resume and ckpt_path.exists():
-        data = load_checkpoint(ckpt_path, map_location=device)
-        check_spec(data, spec, ckpt_path)
-        saved = DQNConfig.from_dict(data["config"])
-        if saved.env != cfg.env or saved.seed != cfg.seed:
-            raise CheckpointError(f"{ckpt_path} belongs to a run on {saved.env} seed {saved.seed}, "
-                                  f"not {cfg.env} seed {cfg.seed}; use another run_dir")
+        data = _load_run_file(ckpt_path, spec, cfg, device)
         load_state(q, data["model"])
         target.load_state_dict(data["target"])
         load_state(best, data["best"])
@@ -417,6 +407,17 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     if not cfg.eval_every:
         best = plain_copy(q)
     return TrainResult(q, best, hist, cfg, wall, step)
+
+
+def _load_run_file(path: Path, spec: NetworkSpec, cfg: DQNConfig, device: torch.device) -> dict[str, Any]:
+    """Load a checkpoint or resume file, refusing one made for another network, game or seed."""
+    data = load_checkpoint(path, map_location=device)
+    check_spec(data, spec, path)
+    saved = DQNConfig.from_dict(data["config"])
+    if saved.env != cfg.env or saved.seed != cfg.seed:
+        raise CheckpointError(f"{path} belongs to a run on {saved.env} seed {saved.seed}, "
+                              f"not {cfg.env} seed {cfg.seed}; use another run_dir")
+    return data
 
 
 def save_compact_resume(path: Path, spec: NetworkSpec, cfg: DQNConfig, q: QNetwork, step: int, updates: int,
