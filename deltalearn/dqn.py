@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -384,6 +385,8 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
                 wall = time.time() - t_start
                 checkpoint()
                 next_ckpt += cfg.checkpoint_every
+                if not progress:
+                    _log_status(cfg, step, eps, wall, hist)
             if progress and hist["episode_return"] and step % (cfg.num_envs * 50) == 0:
                 post = {"eps": f"{eps:.2f}", "return": f"{np.mean(hist['episode_return'][-20:]):.1f}"}
                 if hist["eval_mean"]:
@@ -407,6 +410,17 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     if not cfg.eval_every:
         best = plain_copy(q)
     return TrainResult(q, best, hist, cfg, wall, step)
+
+
+def _log_status(cfg: DQNConfig, step: int, eps: float, wall: float, hist: dict[str, list]) -> None:
+    """One line per checkpoint on stderr, so a background run (``--no-progress``) can be watched."""
+    recent = hist["episode_return"][-20:]
+    parts = [time.strftime("%H:%M:%S"), f"{cfg.env} step {step:,}/{cfg.total_steps:,}",
+             f"train {wall / 60:.1f} min", f"eps {eps:.3f}",
+             f"return(last {len(recent)}) {np.mean(recent):.1f}" if recent else "return -"]
+    if hist["eval_mean"]:
+        parts.append(f"eval@{hist['eval_step'][-1]:,} {hist['eval_mean'][-1]:.1f}")
+    print(" | ".join(parts), file=sys.stderr, flush=True)
 
 
 def _load_run_file(path: Path, spec: NetworkSpec, cfg: DQNConfig, device: torch.device) -> dict[str, Any]:

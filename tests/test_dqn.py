@@ -140,3 +140,11 @@ def test_warm_restart_from_compact_resume_file(tmp_path):
     assert len(res.history["episode_return"]) >= n_eps
     first = {k: v.float() for k, v in data["model"].items()}
     assert any((p.detach() - first[k]).abs().max() > 0 for k, p in res.net.state_dict().items())
+
+
+def test_background_run_logs_one_status_line_per_checkpoint(tmp_path, capsys):
+    cfg = tiny_config(total_steps=1500, checkpoint_every=500, eval_every=0)
+    dl.train(cfg, tmp_path / "run", progress=False)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "step" in ln]
+    assert len(lines) == 3
+    assert "CartPole-v1 step 1,500/1,500" in lines[-1] and "eps" in lines[-1]
