@@ -14,5 +14,5 @@ from .pruning import SparsityReport, check_sparsity, is_pruned, make_permanent, 
 from .replay import Batch, ReplayBuffer
 
 __version__ = "0.1.0"
-from .agents import AGENT_DIR, agent_names, agent_record, export_agent, load_agent, load_network_file
+from .agents import AGENT_DIR, agent_names, agent_record, export_agent, fp16_rounded, load_agent, load_network_file
 from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names

@@ -18,7 +18,7 @@ import torch
 from .checkpoint import CheckpointError, atomic_write, check_spec, load_checkpoint, save_checkpoint
 from .nets import NetworkSpec, QNetwork, build_network
 
-__all__ = ["AGENT_DIR", "agent_names", "agent_record", "load_agent", "export_agent", "load_network_file", "sha256"]
+__all__ = ["AGENT_DIR", "agent_names", "agent_record", "load_agent", "export_agent", "fp16_rounded", "load_network_file", "sha256"]
 
 AGENT_DIR = Path(__file__).parent / "agents"
 
@@ -70,6 +70,18 @@ def load_agent(name: str, directory: str | os.PathLike | None = None) -> QNetwor
         raise CheckpointError(f"agent file {str(path)!r} does not match its manifest "
                               f"(sha256 {digest[:12]}..., expected {rec['sha256'][:12]}...)")
     return load_network_file(path)
+
+
+def fp16_rounded(net: QNetwork) -> QNetwork:
+    """A plain copy of ``net`` whose weights went through fp16, as a shipped agent's do."""
+    from .dqn import copy_weights
+
+    plain = build_network(net.spec)
+    copy_weights(net, plain)
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.copy_(p.half().float())
+    return plain.eval()
 
 
 def export_agent(net: QNetwork, name: str, record: dict[str, Any],

@@ -50,7 +50,7 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .agents import export_agent
+    from .agents import agent_names, export_agent, fp16_rounded, load_agent, load_network_file
     from .dqn import DQNConfig, train
     from .envs import is_atari
     from .evaluation import evaluate
@@ -60,21 +60,30 @@ def cmd_train(a: argparse.Namespace) -> int:
         over["total_steps"] = a.steps
     over["seed"] = a.seed
     cfg = DQNConfig.atari(a.env, **over) if is_atari(a.env) else DQNConfig.cartpole(env=a.env, **over)
-    run_dir = a.run_dir or f"runs/{a.env}-seed{a.seed}"
-    res = train(cfg, run_dir, resume=not a.restart, progress=not a.no_progress)
-    ev = evaluate(res.best_net, cfg.env, episodes=a.eval_episodes, seed=a.eval_seed, progress=not a.no_progress)
+    init = None
+    if a.init:
+        init = load_agent(a.init) if a.init in agent_names() else load_network_file(a.init)
+    tag = f"-s{cfg.sparsity:g}" if cfg.sparsity > 0 else ("-finetune" if init is not None else "")
+    run_dir = a.run_dir or f"runs/{a.env}{tag}-seed{a.seed}"
+    res = train(cfg, run_dir, resume=not a.restart, progress=not a.no_progress, init=init)
+    # the shipped file holds fp16 weights: evaluate exactly what ships, so the record reproduces
+    net = fp16_rounded(res.best_net) if a.export else res.best_net
+    ev = evaluate(net, cfg.env, episodes=a.eval_episodes, seed=a.eval_seed, progress=not a.no_progress)
     steps = res.steps
     summary = {"env": cfg.env, "run_dir": str(run_dir), "wall_time_s": round(res.wall_time, 1),
                "evaluation": {k: v for k, v in ev.to_dict().items() if k not in ("layers",)}}
     print(json.dumps(summary, indent=2))
     if a.export:
         frames = 4 if is_atari(cfg.env) else 1
-        export_agent(res.best_net, a.export_name or cfg.env, {
+        record = {
             "env": cfg.env, "agent_steps": int(steps), "frames": int(steps) * frames,
             "wall_time_s": round(res.wall_time, 1), "seed": cfg.seed, "config": cfg.to_dict(),
             "evaluation": {k: ev.to_dict()[k] for k in ("episodes", "seed", "epsilon", "scores", "mean_score",
                                                         "std_score") + (("hns",) if ev.hns is not None else ())},
-        }, directory=a.export)
+        }
+        if a.init:
+            record["init"] = a.init
+        export_agent(net, a.export_name or cfg.env, record, directory=a.export)
     return 0
 
 
@@ -154,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--run-dir", default=None, help="checkpoint folder (default runs/ENV-seedS)")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    t.add_argument("--init", metavar="AGENT", default=None,
+                   help="start from a shipped agent (by name) or a network file: with --set sparsity=S this "
+                   "prunes while fine-tuning (default run dir runs/ENV-sS-seedN)")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override DQNConfig fields, e.g. lr=1e-4")
     t.add_argument("--eval-episodes", type=int, default=10, help="final evaluation episodes")
     t.add_argument("--eval-seed", type=int, default=0)

@@ -214,6 +214,13 @@ def _sparsity_at(cfg: DQNConfig, step: int) -> float:
     return cfg.sparsity * (1 - (1 - frac) ** 3)
 
 
+def _next_prune_round(cfg: DQNConfig, step: int) -> float:
+    """Rounds fall on a fixed grid of ``prune_every`` steps, and one falls exactly on the schedule's end."""
+    end = cfg.prune_end or int(cfg.total_steps * 3 / 4)
+    grid = (step // cfg.prune_every + 1) * cfg.prune_every
+    return min(grid, end) if step < end else math.inf
+
+
 def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool = True,
           progress: bool = True, callback: Callable[[int, dict[str, Any]], None] | None = None,
           init: QNetwork | None = None) -> TrainResult:
@@ -317,7 +324,7 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
         hist["eval_mean"].append(res.mean_score)
         hist["eval_std"].append(res.std_score)
         # while pruning is under way a sparser network will follow: only a fully pruned one can be "best"
-        if res.mean_score >= best_score and _sparsity_at(cfg, step) >= cfg.sparsity:
+        if res.mean_score >= best_score and pruned_to >= cfg.sparsity:
             best_score = res.mean_score
             copy_weights(q, best)
             if run is not None:
@@ -334,7 +341,12 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     t_start = time.time() - wall
     next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     next_eval = (step // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
+    pruned_to = 0.0  # the sparsity actually applied so far (the schedule's value at the last round)
     next_prune = cfg.prune_start if cfg.sparsity > 0 else math.inf
+    if cfg.sparsity > 0 and step > cfg.prune_start:  # resumed mid-schedule: be where the schedule is
+        pruned_to = _sparsity_at(cfg, step)
+        prune_network(q, pruned_to)
+        next_prune = _next_prune_round(cfg, step)
     old_term = _checkpoint_on_sigterm()
     try:
         while step < cfg.total_steps:
@@ -360,10 +372,10 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
             bar.update(cfg.num_envs)
 
             if step >= next_prune:
-                s = _sparsity_at(cfg, step)
-                if s > 0:
-                    prune_network(q, s)
-                next_prune = step + cfg.prune_every if s < cfg.sparsity else math.inf
+                pruned_to = _sparsity_at(cfg, step)
+                if pruned_to > 0:
+                    prune_network(q, pruned_to)
+                next_prune = _next_prune_round(cfg, step) if pruned_to < cfg.sparsity else math.inf
 
             if step > cfg.learning_starts and step > warm_until:
                 credit += cfg.num_envs / cfg.train_every

@@ -91,3 +91,22 @@ def test_help_through_the_console_script():
     cmd = [exe] if exe else [sys.executable, "-m", "deltalearn.cli"]
     sub = subprocess.run(cmd + ["evaluate", "--help"], capture_output=True, text=True, timeout=120, env=ENV)
     assert sub.returncode == 0 and "usage: deltalearn evaluate" in sub.stdout
+
+
+def test_train_export_then_prune_while_fine_tuning(tmp_path, capsys):
+    """The exported record reproduces exactly from the shipped (fp16) file, and --init with a
+    sparsity fine-tunes that agent into a pruned one in its own run folder."""
+    agents = tmp_path / "agents"
+    common = ["--env", "CartPole-v1", "--seed", "1", "--eval-episodes", "3", "--no-progress", "--export", str(agents)]
+    small = ["total_steps=1500", "learning_starts=300", "eval_every=500", "eval_episodes=2", "checkpoint_every=500"]
+    assert cli.main(["train", *common, "--run-dir", str(tmp_path / "dense"), "--set", *small]) == 0
+    rec = dl.agent_record("CartPole-v1", agents)
+    again = dl.evaluate(dl.load_agent("CartPole-v1", agents), "CartPole-v1", episodes=3, seed=0)
+    assert again.scores == rec["evaluation"]["scores"]
+
+    assert cli.main(["train", *common, "--init", str(agents / "CartPole-v1.pt"), "--export-name", "pruned",
+                 "--run-dir", str(tmp_path / "pruned"), "--set", *small, "sparsity=0.5", "prune_end=1000"]) == 0
+    pruned = dl.load_agent("pruned", agents)
+    for name, frac in dl.sparsity_report(pruned).as_dict().items():
+        assert abs(frac - 0.5) < 0.01, (name, frac)
+    assert dl.agent_record("pruned", agents)["init"].endswith("CartPole-v1.pt")

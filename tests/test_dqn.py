@@ -148,3 +148,23 @@ def test_background_run_logs_one_status_line_per_checkpoint(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().err.splitlines() if "step" in ln]
     assert len(lines) == 3
     assert "CartPole-v1 step 1,500/1,500" in lines[-1] and "eps" in lines[-1]
+
+
+def test_pruning_schedule_survives_a_kill_and_best_is_only_a_fully_pruned_net(tmp_path):
+    run = tmp_path / "run"
+    # rounds every 1000 steps do not divide prune_end=1800: the last round must still land on 1800,
+    # before the evaluation at 2000 (the last one) may pick a best network
+    cfg = tiny_config(total_steps=2000, sparsity=0.6, prune_every=1000, prune_end=1800, eval_every=500)
+
+    def kill(step, info):
+        if step == 1500:
+            raise Killed("simulated crash")
+
+    with pytest.raises(Killed):
+        dl.train(cfg, run, progress=False, callback=kill)
+    assert not (run / "best.pt").exists()  # evaluations at 500 and 1000 saw a partly pruned net
+    res = dl.train(cfg, run, progress=False)
+    for net in (res.best_net, res.net):
+        rep = dl.sparsity_report(net)
+        assert rep.zeros == [round(0.6 * n) for n in rep.sizes], rep  # torch prune's exact count
+    assert dl.load_checkpoint(run / "best.pt")["step"] == 2000
