@@ -83,6 +83,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         }
         if a.init:
             record["init"] = a.init
+        # the learning curve of the periodic evaluations travels with the agent
+        record["curve"] = {k: res.history[k] for k in ("eval_step", "eval_mean", "eval_std")}
         export_agent(net, a.export_name or cfg.env, record, directory=a.export)
     return 0
 
@@ -124,7 +126,7 @@ def cmd_count(a: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
-    from .agents import load_agent, load_network_file
+    from .agents import agent_names, agent_record, load_agent, load_network_file
     from .reproduce import PAPER_SETTINGS, reproduce_sweep, reproduce_table, write_results
     from .trajectories import load_trajectory, record_trajectory, trajectory_names
 
@@ -134,9 +136,14 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         s, t = PAPER_SETTINGS.get(game, (0.5, 0.01))
         s = a.sparsity if a.sparsity is not None else s
         t = a.threshold if a.threshold is not None else t
-        pruned = load_network_file(a.pruned_checkpoint) if a.pruned_checkpoint else None
+        pruned, pruned_from = None, None
+        if a.pruned_checkpoint:
+            pruned, pruned_from = load_network_file(a.pruned_checkpoint), str(a.pruned_checkpoint)
+        elif f"{game}-pruned" in agent_names() and agent_record(f"{game}-pruned")["config"]["sparsity"] == s:
+            pruned, pruned_from = load_agent(f"{game}-pruned"), f"{game}-pruned"
         table = reproduce_table(net, game, s, t, episodes=a.episodes, seed=a.seed, pruned_net=pruned,
                                 progress=not a.no_progress)
+        table["pruned_from"] = pruned_from
         write_results(a.out, f"{game}_table", table)
         traj = load_trajectory(game) if game in trajectory_names() else record_trajectory(net, game, seed=a.seed)
         sweep = reproduce_sweep(net, game, traj["observations"], a.sweep_sparsities, a.sweep_thresholds,

@@ -44,12 +44,16 @@ def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float, 
     """Scores and per-layer multiplications of the four variants on the same episodes.
 
     ``pruned_net`` is a fine-tuned pruned network to use for the pruned variants (already at
-    ``sparsity``); without it the dense net is pruned one-shot.
+    ``sparsity``); without it the dense net is pruned one-shot. With it, a fifth row,
+    ``pruned one-shot``, shows the score the dense net keeps when pruned without fine-tuning.
     """
     check_sparsity(sparsity)
     rows = {}
-    for name, s, t in tqdm(_variants(sparsity, threshold), desc=f"{env} variants", disable=not progress):
-        base = pruned_net if (s > 0 and pruned_net is not None) else net
+    variants = _variants(sparsity, threshold)
+    if pruned_net is not None:  # what fine-tuning bought: the dense net pruned in one shot, for comparison
+        variants.append(("pruned one-shot", sparsity, None))
+    for name, s, t in tqdm(variants, desc=f"{env} variants", disable=not progress):
+        base = pruned_net if (s > 0 and pruned_net is not None and name != "pruned one-shot") else net
         res = evaluate(base, env, episodes=episodes, seed=seed, sparsity=0.0 if base is pruned_net else s,
                        threshold=t, max_steps=max_steps)
         d = res.to_dict()

@@ -2,6 +2,8 @@
 import csv
 import json
 
+import torch
+
 import deltalearn as dl
 from deltalearn.reproduce import reproduce_sweep, reproduce_table, write_results
 
@@ -33,3 +35,22 @@ def test_sweep_rows_and_csv(tmp_path):
     with open(tmp_path / "s.csv") as f:
         got = list(csv.DictReader(f))
     assert len(got) == 4 and float(got[3]["reduction"]) == rows[3]["reduction"]
+
+
+def test_table_with_a_fine_tuned_pruned_net_adds_the_one_shot_row():
+    net = dl.load_agent("CartPole-v1")
+    tuned = dl.plain_copy(net)  # stands for a fine-tuned net: other weights, so another mask
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    dl.prune_network(tuned, 0.6)
+    tab = reproduce_table(net, "CartPole-v1", sparsity=0.6, threshold=0.01, episodes=2, seed=1,
+                          pruned_net=tuned, progress=False)
+    v = tab["variants"]
+    assert list(v) == ["dense", "pruned", "delta", "pruned+delta", "pruned one-shot"]
+    assert tab["fine_tuned"] is True
+    assert v["pruned"]["scores"] == dl.evaluate(tuned, "CartPole-v1", episodes=2, seed=1).scores
+    one_shot = dl.evaluate(net, "CartPole-v1", episodes=2, seed=1, sparsity=0.6)
+    assert v["pruned one-shot"]["total_significant"] == one_shot.report.total_significant
+    assert v["pruned one-shot"]["total_significant"] != v["pruned"]["total_significant"]
