@@ -13,6 +13,9 @@ from .nets import MODELS, NetworkSpec, QNetwork, build_network, mlp_qnet, nature
 from .pruning import SparsityReport, check_sparsity, is_pruned, make_permanent, prune_network, sparsity_report
 from .replay import Batch, ReplayBuffer
 
-__version__ = "0.1.0"
-from .agents import AGENT_DIR, agent_names, agent_record, export_agent, fp16_rounded, load_agent, load_network_file
+from .distill import DistillConfig, prune_and_distill
+from .agents import (AGENT_DIR, agent_names, agent_record, export_agent, fp16_rounded, load_agent, load_network_file,
+                     pruned_agent_name)
 from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names
+
+__version__ = "0.1.0"

@@ -18,7 +18,7 @@ import torch
 from .checkpoint import CheckpointError, atomic_write, check_spec, load_checkpoint, save_checkpoint
 from .nets import NetworkSpec, QNetwork, build_network
 
-__all__ = ["AGENT_DIR", "agent_names", "agent_record", "load_agent", "export_agent", "fp16_rounded", "load_network_file", "sha256"]
+__all__ = ["AGENT_DIR", "agent_names", "agent_record", "load_agent", "export_agent", "fp16_rounded", "pruned_agent_name", "load_network_file", "sha256"]
 
 AGENT_DIR = Path(__file__).parent / "agents"
 
@@ -70,6 +70,11 @@ def load_agent(name: str, directory: str | os.PathLike | None = None) -> QNetwor
         raise CheckpointError(f"agent file {str(path)!r} does not match its manifest "
                               f"(sha256 {digest[:12]}..., expected {rec['sha256'][:12]}...)")
     return load_network_file(path)
+
+
+def pruned_agent_name(game: str, sparsity: float) -> str:
+    """The shipped name of a game's fine-tuned pruned agent, e.g. ``Breakout-pruned-0.79``."""
+    return f"{game}-pruned-{sparsity:g}"
 
 
 def fp16_rounded(net: QNetwork) -> QNetwork:

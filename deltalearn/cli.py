@@ -1,4 +1,4 @@
-"""The ``deltalearn`` command: train, evaluate and count."""
+"""The ``deltalearn`` command: train, distill, evaluate, count and reproduce."""
 from __future__ import annotations
 
 import argparse
@@ -33,10 +33,10 @@ def _sparsity(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+def _parse_set(items: Sequence[str], config: type | None = None) -> dict[str, Any]:
     from .dqn import DQNConfig
 
-    names = {f.name for f in fields(DQNConfig)}
+    names = {f.name for f in fields(config or DQNConfig)}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, val = item.partition("=")
@@ -89,6 +89,44 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(a: argparse.Namespace) -> int:
+    from .agents import agent_record, export_agent, fp16_rounded, load_agent, pruned_agent_name
+    from .distill import DistillConfig, prune_and_distill
+    from .evaluation import evaluate
+
+    cfg = DistillConfig.from_dict({**_parse_set(a.set or [], DistillConfig), "seed": a.seed})
+    if a.stages:
+        cfg.stages = tuple(a.stages)
+    name = a.agent or a.game
+    teacher = load_agent(name)
+    run_dir = a.run_dir or f"runs/{a.game}-distill-seed{a.seed}"
+    snaps, hist = prune_and_distill(teacher, a.game, cfg, run_dir=run_dir, progress=not a.no_progress)
+    keep = a.keep or list(cfg.stages)
+    missing = [k for k in keep if k not in snaps]
+    if missing:
+        raise ValueError(f"--keep {missing} are not among the stages {list(cfg.stages)}")
+    teacher_eval = agent_record(name).get("evaluation", {})
+    out = []
+    for s in keep:
+        net = fp16_rounded(snaps[s])  # what ships
+        ev = evaluate(net, a.game, episodes=a.eval_episodes, seed=a.eval_seed, progress=not a.no_progress)
+        d = ev.to_dict()
+        row = {"sparsity": s, "mean_score": d["mean_score"], "std_score": d["std_score"],
+               "stage": next(h for h in hist if h["sparsity"] == s)}
+        out.append(row)
+        if a.export:
+            export_agent(net, pruned_agent_name(a.game, s), {
+                "env": a.game, "teacher": name, "teacher_sha256": agent_record(name)["sha256"],
+                "teacher_evaluation": teacher_eval, "config": {"sparsity": s, "distill": cfg.to_dict()},
+                "stage": row["stage"], "seed": cfg.seed,
+                "evaluation": {k: d[k] for k in ("episodes", "seed", "epsilon", "scores", "mean_score", "std_score")
+                               + (("hns",) if "hns" in d else ())},
+            }, directory=a.export)
+    print(json.dumps({"env": a.game, "teacher": name, "teacher_mean_score": teacher_eval.get("mean_score"),
+                      "pruned": out}, indent=2))
+    return 0
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .agents import load_agent, load_network_file
     from .evaluation import evaluate
@@ -126,7 +164,7 @@ def cmd_count(a: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
-    from .agents import agent_names, agent_record, load_agent, load_network_file
+    from .agents import agent_names, load_agent, load_network_file, pruned_agent_name
     from .reproduce import PAPER_SETTINGS, reproduce_sweep, reproduce_table, write_results
     from .trajectories import load_trajectory, record_trajectory, trajectory_names
 
@@ -136,18 +174,22 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         s, t = PAPER_SETTINGS.get(game, (0.5, 0.01))
         s = a.sparsity if a.sparsity is not None else s
         t = a.threshold if a.threshold is not None else t
+        # fine-tuned pruned agents shipped by `deltalearn distill`, by sparsity
+        tuned = {x: load_agent(pruned_agent_name(game, x)) for x in {s, *a.sweep_sparsities}
+                 if x > 0 and pruned_agent_name(game, x) in agent_names()}
         pruned, pruned_from = None, None
         if a.pruned_checkpoint:
             pruned, pruned_from = load_network_file(a.pruned_checkpoint), str(a.pruned_checkpoint)
-        elif f"{game}-pruned" in agent_names() and agent_record(f"{game}-pruned")["config"]["sparsity"] == s:
-            pruned, pruned_from = load_agent(f"{game}-pruned"), f"{game}-pruned"
+        elif s in tuned:
+            pruned, pruned_from = tuned[s], pruned_agent_name(game, s)
         table = reproduce_table(net, game, s, t, episodes=a.episodes, seed=a.seed, pruned_net=pruned,
                                 progress=not a.no_progress)
         table["pruned_from"] = pruned_from
         write_results(a.out, f"{game}_table", table)
         traj = load_trajectory(game) if game in trajectory_names() else record_trajectory(net, game, seed=a.seed)
         sweep = reproduce_sweep(net, game, traj["observations"], a.sweep_sparsities, a.sweep_thresholds,
-                                episodes=a.sweep_episodes, seed=a.seed, progress=not a.no_progress)
+                                episodes=a.sweep_episodes, seed=a.seed, progress=not a.no_progress,
+                                pruned_nets=tuned)
         paths = write_results(a.out, f"{game}_sweep", sweep)
         print(f"{game}: wrote {a.out}/{game}_table.json and {', '.join(str(p) for p in paths)}")
     return 0
@@ -180,6 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--export-name", default=None, help="agent name in the manifest (default: ENV)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("distill", help="prune a shipped agent gradually, recovering it by distillation",
+                       description="Prune a shipped agent stage by stage (per-layer magnitude pruning) and after "
+                       "each stage distill the dense agent's action preferences into it on the states it visits. "
+                       "Resumable (RUN_DIR/distill.pt); --export ships the stages as <GAME>-pruned-<S>.")
+    d.add_argument("--game", required=True, choices=ENV_NAMES, metavar="GAME", help="CartPole-v1 or an Atari game")
+    d.add_argument("--agent", default=None, help="the shipped teacher agent (default: the game's)")
+    d.add_argument("--stages", type=_sparsity, nargs="+", default=None, help="sparsities in increasing order")
+    d.add_argument("--keep", type=_sparsity, nargs="+", default=None, help="stages to evaluate and export (default all)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override DistillConfig fields, e.g. updates=800")
+    d.add_argument("--run-dir", default=None, help="default runs/GAME-distill-seedS")
+    d.add_argument("--eval-episodes", type=int, default=10)
+    d.add_argument("--eval-seed", type=int, default=0)
+    d.add_argument("--export", metavar="DIR", default=None, help="write the kept stages as shipped agents into DIR")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_distill)
 
     e = sub.add_parser("evaluate", help="play seeded episodes and count multiplications",
                        description="Play N seeded episodes with a shipped agent (or --checkpoint) as dense, "

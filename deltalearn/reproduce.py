@@ -65,20 +65,33 @@ def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float, 
 
 def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsities: Sequence[float],
                     thresholds: Sequence[float], episodes: int = 0, seed: int = 0,
-                    progress: bool = True, max_steps: int | None = None) -> list[dict[str, Any]]:
+                    progress: bool = True, max_steps: int | None = None,
+                    pruned_nets: dict[float, QNetwork] | None = None) -> list[dict[str, Any]]:
     """Reduction factor and action agreement (replay of ``observations``) for every grid cell;
-    with ``episodes > 0`` also the closed-loop score over that many seeded episodes."""
+    with ``episodes > 0`` also the closed-loop score over that many seeded episodes.
+
+    ``pruned_nets`` maps a sparsity to a fine-tuned network already at that sparsity; other
+    sparsities prune ``net`` one-shot. Agreement is always with the dense ``net``'s actions.
+    """
+    pruned_nets = pruned_nets or {}
+    dense_actions = replay(net, observations).actions
     out = []
     grid = [(s, t) for s in sparsities for t in thresholds]
     for s, t in tqdm(grid, desc=f"{env} sweep", disable=not progress):
         th = None if t is None else float(t)
-        rep = replay(net, observations, sparsity=s, threshold=th)
-        row: dict[str, Any] = {"sparsity": s, "threshold": th, "reduction": rep.report.reduction,
+        tuned = s > 0 and s in pruned_nets
+        base, s_apply = (pruned_nets[s], 0.0) if tuned else (net, s)
+        rep = replay(base, observations, sparsity=s_apply, threshold=th, reference=dense_actions)
+        row: dict[str, Any] = {"sparsity": s, "threshold": th, "fine_tuned": tuned,
+                               "reduction": rep.report.reduction,
                                "significant_per_decision": rep.report.total_significant / rep.report.steps,
                                "dense_per_decision": rep.report.total_dense / rep.report.steps,
-                               "agreement": rep.agreement}
+                               "agreement": rep.agreement,
+                               "steps": rep.report.steps,
+                               **{f"significant_{l.name}": l.significant for l in rep.report.layers}}
         if episodes > 0:
-            ev = evaluate(net, env, episodes=episodes, seed=seed, sparsity=s, threshold=th, max_steps=max_steps)
+            ev = evaluate(base, env, episodes=episodes, seed=seed, sparsity=s_apply, threshold=th,
+                          max_steps=max_steps)
             row.update(mean_score=ev.mean_score, std_score=ev.std_score, closed_loop_reduction=ev.report.reduction)
         out.append(row)
     return out

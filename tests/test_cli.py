@@ -110,3 +110,22 @@ def test_train_export_then_prune_while_fine_tuning(tmp_path, capsys):
     for name, frac in dl.sparsity_report(pruned).as_dict().items():
         assert abs(frac - 0.5) < 0.01, (name, frac)
     assert dl.agent_record("pruned", agents)["init"].endswith("CartPole-v1.pt")
+
+
+def test_distill_exports_pruned_stages_whose_records_reproduce(tmp_path, capsys, monkeypatch):
+    agents = tmp_path / "agents"
+    shutil.copytree(dl.AGENT_DIR, agents)
+    args = ["distill", "--game", "CartPole-v1", "--stages", "0.5", "0.8", "--keep", "0.8", "--eval-episodes", "2",
+            "--run-dir", str(tmp_path / "run"), "--export", str(agents), "--no-progress",
+            "--set", "rounds=1", "updates=60", "episodes=2", "max_steps=200", "threads=1"]
+    monkeypatch.setattr(dl.agents, "AGENT_DIR", agents)  # the teacher is read from the copy
+    assert cli.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [p["sparsity"] for p in out["pruned"]] == [0.8]
+    name = dl.pruned_agent_name("CartPole-v1", 0.8)
+    rec = dl.agent_record(name, agents)
+    net = dl.load_agent(name, agents)
+    assert dl.sparsity_report(net).zeros == [round(0.8 * n) for n in dl.sparsity_report(net).sizes]
+    assert dl.evaluate(net, "CartPole-v1", episodes=2, seed=0).scores == rec["evaluation"]["scores"]
+    assert rec["teacher_sha256"] == dl.agent_record("CartPole-v1")["sha256"]
+    assert dl.agent_names(agents) == sorted(["CartPole-v1", name])

@@ -54,3 +54,18 @@ def test_table_with_a_fine_tuned_pruned_net_adds_the_one_shot_row():
     one_shot = dl.evaluate(net, "CartPole-v1", episodes=2, seed=1, sparsity=0.6)
     assert v["pruned one-shot"]["total_significant"] == one_shot.report.total_significant
     assert v["pruned one-shot"]["total_significant"] != v["pruned"]["total_significant"]
+
+
+def test_sweep_uses_fine_tuned_nets_where_given_and_counts_per_layer():
+    net = dl.load_agent("CartPole-v1")
+    obs = dl.load_trajectory("CartPole-v1")["observations"][:60]
+    tuned = dl.prune_network(dl.plain_copy(net), 0.5)
+    with torch.no_grad():
+        tuned.body[0].bias.add_(0.3)  # differs from one-shot pruning of `net`
+    rows = reproduce_sweep(net, "CartPole-v1", obs, [0.5], [None, 0.01], progress=False, pruned_nets={0.5: tuned})
+    one_shot = reproduce_sweep(net, "CartPole-v1", obs, [0.5], [None, 0.01], progress=False)
+    assert [r["fine_tuned"] for r in rows] == [True, True] and not one_shot[0]["fine_tuned"]
+    live = dl.replay(tuned, obs, threshold=0.01, reference=net)
+    assert rows[1]["agreement"] == live.agreement
+    assert [rows[1][f"significant_{l.name}"] for l in live.report.layers] == [l.significant for l in live.report.layers]
+    assert rows[1]["significant_fc2"] != one_shot[1]["significant_fc2"]
