@@ -24,6 +24,15 @@ def _threshold(text: str) -> float | list[float]:
     return vals[0] if len(vals) == 1 else vals
 
 
+def _threshold_or_none(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    t = _threshold(text)
+    if isinstance(t, list):
+        raise argparse.ArgumentTypeError(f"one threshold per sweep value, got {text!r}")
+    return t
+
+
 def _sparsity(text: str) -> float:
     from .pruning import check_sparsity
 
@@ -164,9 +173,11 @@ def cmd_count(a: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
-    from .agents import agent_names, load_agent, load_network_file, pruned_agent_name
+    import numpy as np
+
+    from .agents import agent_names, agent_record, load_agent, load_network_file, pruned_agent_name
     from .reproduce import PAPER_SETTINGS, reproduce_sweep, reproduce_table, write_results
-    from .trajectories import load_trajectory, record_trajectory, trajectory_names
+    from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names
 
     games = a.game or [g for g in PAPER_SETTINGS]
     for game in games:
@@ -186,7 +197,13 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
                                 progress=not a.no_progress)
         table["pruned_from"] = pruned_from
         write_results(a.out, f"{game}_table", table)
-        traj = load_trajectory(game) if game in trajectory_names() else record_trajectory(net, game, seed=a.seed)
+        # the sweep replays one recorded episode of *this* agent, shipped so its counts can be re-checked
+        traj = load_trajectory(game, a.trajectory_dir) if game in trajectory_names(a.trajectory_dir) else None
+        sha = agent_record(game)["sha256"]
+        if traj is None or str(traj.get("agent_sha256", sha)) != sha:
+            traj = record_trajectory(net, game, seed=a.seed, max_steps=a.trajectory_steps)
+            traj["agent_sha256"] = np.array(sha)
+            save_trajectory(traj, game, a.trajectory_dir)
         sweep = reproduce_sweep(net, game, traj["observations"], a.sweep_sparsities, a.sweep_thresholds,
                                 episodes=a.sweep_episodes, seed=a.seed, progress=not a.no_progress,
                                 pruned_nets=tuned)
@@ -277,8 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--episodes", type=int, default=10)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--sweep-sparsities", type=_sparsity, nargs="+", default=[0.0, 0.5, 0.79, 0.9])
-    r.add_argument("--sweep-thresholds", type=float, nargs="+", default=[0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1])
+    r.add_argument("--sweep-thresholds", type=_threshold_or_none, nargs="+",
+                   default=[None, 0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1], help="'none' means no delta network")
     r.add_argument("--sweep-episodes", type=int, default=0, help="closed-loop episodes per sweep cell (0: replay only)")
+    r.add_argument("--trajectory-steps", type=int, default=3000,
+                   help="cap on the recorded episode the sweep replays (recorded when the agent changes)")
+    r.add_argument("--trajectory-dir", default=None, help="where recorded episodes live (default: the package's)")
     r.add_argument("--out", default="book/data/reproduce")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=cmd_reproduce)

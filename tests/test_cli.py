@@ -129,3 +129,28 @@ def test_distill_exports_pruned_stages_whose_records_reproduce(tmp_path, capsys,
     assert dl.evaluate(net, "CartPole-v1", episodes=2, seed=0).scores == rec["evaluation"]["scores"]
     assert rec["teacher_sha256"] == dl.agent_record("CartPole-v1")["sha256"]
     assert dl.agent_names(agents) == sorted(["CartPole-v1", name])
+
+
+def test_reproduce_end_to_end_with_a_distilled_agent(tmp_path, monkeypatch, capsys):
+    agents, traj, out = tmp_path / "agents", tmp_path / "traj", tmp_path / "out"
+    shutil.copytree(dl.AGENT_DIR, agents)
+    monkeypatch.setattr(dl.agents, "AGENT_DIR", agents)
+    assert cli.main(["distill", "--game", "CartPole-v1", "--stages", "0.5", "--eval-episodes", "1", "--no-progress",
+                     "--run-dir", str(tmp_path / "run"), "--export", str(agents),
+                     "--set", "rounds=1", "updates=30", "episodes=1", "max_steps=100", "threads=1"]) == 0
+    args = ["reproduce", "--game", "CartPole-v1", "--sparsity", "0.5", "--threshold", "0.01", "--episodes", "2",
+            "--sweep-sparsities", "0", "0.5", "--sweep-thresholds", "none", "0.01", "--trajectory-steps", "80",
+            "--trajectory-dir", str(traj), "--out", str(out), "--no-progress"]
+    assert cli.main(args) == 0
+    table = json.loads((out / "CartPole-v1_table.json").read_text())
+    assert table["pruned_from"] == "CartPole-v1-pruned-0.5" and "pruned one-shot" in table["variants"]
+    sweep = json.loads((out / "CartPole-v1_sweep.json").read_text())
+    assert [(r["sparsity"], r["threshold"], r["fine_tuned"]) for r in sweep] == [
+        (0.0, None, False), (0.0, 0.01, False), (0.5, None, True), (0.5, 0.01, True)]
+    rec = dl.load_trajectory("CartPole-v1", traj)
+    assert str(rec["agent_sha256"]) == dl.agent_record("CartPole-v1")["sha256"] and len(rec["observations"]) <= 80
+    # the recorded episode is reused while the agent is unchanged
+    stamp = (traj / "CartPole-v1.npz").stat().st_mtime_ns
+    assert cli.main(args) == 0
+    assert (traj / "CartPole-v1.npz").stat().st_mtime_ns == stamp
+    assert json.loads((out / "CartPole-v1_sweep.json").read_text()) == sweep
