@@ -185,8 +185,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         s, t = PAPER_SETTINGS.get(game, (0.5, 0.01))
         s = a.sparsity if a.sparsity is not None else s
         t = a.threshold if a.threshold is not None else t
+        sweep_sparsities = a.sweep_sparsities or sorted({0.0, 0.5, s, 0.9})
         # fine-tuned pruned agents shipped by `deltalearn distill`, by sparsity
-        tuned = {x: load_agent(pruned_agent_name(game, x)) for x in {s, *a.sweep_sparsities}
+        tuned = {x: load_agent(pruned_agent_name(game, x)) for x in {s, *sweep_sparsities}
                  if x > 0 and pruned_agent_name(game, x) in agent_names()}
         pruned, pruned_from = None, None
         if a.pruned_checkpoint:
@@ -204,7 +205,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
             traj = record_trajectory(net, game, seed=a.seed, max_steps=a.trajectory_steps)
             traj["agent_sha256"] = np.array(sha)
             save_trajectory(traj, game, a.trajectory_dir)
-        sweep = reproduce_sweep(net, game, traj["observations"], a.sweep_sparsities, a.sweep_thresholds,
+        sweep = reproduce_sweep(net, game, traj["observations"], sweep_sparsities, a.sweep_thresholds,
                                 episodes=a.sweep_episodes, seed=a.seed, progress=not a.no_progress,
                                 pruned_nets=tuned)
         paths = write_results(a.out, f"{game}_sweep", sweep)
@@ -293,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pruned-checkpoint", default=None, help="a fine-tuned pruned network for the pruned variants")
     r.add_argument("--episodes", type=int, default=10)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--sweep-sparsities", type=_sparsity, nargs="+", default=[0.0, 0.5, 0.79, 0.9])
+    r.add_argument("--sweep-sparsities", type=_sparsity, nargs="+", default=None,
+                   help="default: 0, 0.5, the table's sparsity, 0.9")
     r.add_argument("--sweep-thresholds", type=_threshold_or_none, nargs="+",
                    default=[None, 0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1], help="'none' means no delta network")
     r.add_argument("--sweep-episodes", type=int, default=0, help="closed-loop episodes per sweep cell (0: replay only)")

@@ -100,3 +100,28 @@ def test_pruned_and_delta_variants_do_fewer_multiplications(cartpole, trajectory
     assert pruned.total_significant < 0.3 * dense.total_significant
     assert both.total_significant < pruned.total_significant
     assert dense.total_dense == pruned.total_dense == both.total_dense
+
+
+@pytest.mark.parametrize("name", dl.agent_names())
+def test_every_shipped_agent_reproduces_its_recorded_evaluation(name):
+    """The manifest's scores come from the shipped (fp16) weights: the first seeded episode
+    replays to the same score (each episode depends only on its own seed)."""
+    torch.set_num_threads(1)
+    rec = dl.agent_record(name)
+    ev = rec["evaluation"]
+    n = 1  # one episode per agent keeps the suite fast; the note records full 10-episode checks
+    got = dl.evaluate(dl.load_agent(name), rec["env"], episodes=n, seed=ev["seed"], epsilon=ev["epsilon"])
+    assert got.scores == ev["scores"][:n]
+
+
+def test_every_pruned_agent_has_its_sparsity_and_a_known_teacher():
+    for name in dl.agent_names():
+        rec = dl.agent_record(name)
+        if "teacher" not in rec:
+            continue
+        s = rec["config"]["sparsity"]
+        assert name == dl.pruned_agent_name(rec["env"], s)
+        rep = dl.sparsity_report(dl.load_agent(name))
+        # fp16 storage can only add zeros (weights below fp16's range), never remove one
+        assert all(z >= round(s * n) and z <= round(s * n) + n // 1000 for z, n in zip(rep.zeros, rep.sizes)), rep
+        assert rec["teacher_sha256"] == dl.agent_record(rec["teacher"])["sha256"]
