@@ -92,7 +92,8 @@ def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsitie
         if episodes > 0:
             ev = evaluate(base, env, episodes=episodes, seed=seed, sparsity=s_apply, threshold=th,
                           max_steps=max_steps)
-            row.update(mean_score=ev.mean_score, std_score=ev.std_score, closed_loop_reduction=ev.report.reduction)
+            row.update(episodes=episodes, mean_score=ev.mean_score, std_score=ev.std_score,
+                       closed_loop_reduction=ev.report.reduction)
         out.append(row)
     return out
 
