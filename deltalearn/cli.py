@@ -24,13 +24,8 @@ def _threshold(text: str) -> float | list[float]:
     return vals[0] if len(vals) == 1 else vals
 
 
-def _threshold_or_none(text: str) -> float | None:
-    if text.strip().lower() == "none":
-        return None
-    t = _threshold(text)
-    if isinstance(t, list):
-        raise argparse.ArgumentTypeError(f"one threshold per sweep value, got {text!r}")
-    return t
+def _threshold_or_none(text: str) -> float | list[float] | None:
+    return None if text.strip().lower() == "none" else _threshold(text)
 
 
 def _sparsity(text: str) -> float:
@@ -297,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sweep-sparsities", type=_sparsity, nargs="+", default=None,
                    help="default: 0, 0.5, the table's sparsity, 0.9")
     r.add_argument("--sweep-thresholds", type=_threshold_or_none, nargs="+",
-                   default=[None, 0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1], help="'none' means no delta network")
+                   default=[None, 0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1],
+                   help="'none' means no delta network; a comma-separated list is one threshold per layer")
     r.add_argument("--sweep-episodes", type=int, default=0, help="closed-loop episodes per sweep cell (0: replay only)")
     r.add_argument("--trajectory-steps", type=int, default=3000,
                    help="cap on the recorded episode the sweep replays (recorded when the agent changes)")

@@ -64,21 +64,23 @@ def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float, 
 
 
 def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsities: Sequence[float],
-                    thresholds: Sequence[float], episodes: int = 0, seed: int = 0,
+                    thresholds: Sequence[float | Sequence[float] | None], episodes: int = 0, seed: int = 0,
                     progress: bool = True, max_steps: int | None = None,
                     pruned_nets: dict[float, QNetwork] | None = None) -> list[dict[str, Any]]:
     """Reduction factor and action agreement (replay of ``observations``) for every grid cell;
     with ``episodes > 0`` also the closed-loop score over that many seeded episodes.
 
-    ``pruned_nets`` maps a sparsity to a fine-tuned network already at that sparsity; other
-    sparsities prune ``net`` one-shot. Agreement is always with the dense ``net``'s actions.
+    A threshold is ``None`` (no delta network), one number for every layer, or a list with
+    one number per weight layer. ``pruned_nets`` maps a sparsity to a fine-tuned network
+    already at that sparsity; other sparsities prune ``net`` one-shot. Agreement is always
+    with the dense ``net``'s actions.
     """
     pruned_nets = pruned_nets or {}
     dense_actions = replay(net, observations).actions
     out = []
     grid = [(s, t) for s in sparsities for t in thresholds]
     for s, t in tqdm(grid, desc=f"{env} sweep", disable=not progress):
-        th = None if t is None else float(t)
+        th = None if t is None else (float(t) if np.isscalar(t) else [float(x) for x in t])
         tuned = s > 0 and s in pruned_nets
         base, s_apply = (pruned_nets[s], 0.0) if tuned else (net, s)
         rep = replay(base, observations, sparsity=s_apply, threshold=th, reference=dense_actions)
@@ -98,7 +100,13 @@ def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsitie
     return out
 
 
+def _cell(v: Any) -> Any:
+    # per-layer thresholds as "0.01/0.001/..." so that each CSV cell stays one value
+    return "/".join(f"{x:g}" for x in v) if isinstance(v, (list, tuple)) else v
+
+
 def _csv(rows: list[dict[str, Any]]) -> str:
+    rows = [{k: _cell(v) for k, v in r.items()} for r in rows]
     buf = io.StringIO()
     keys = list(dict.fromkeys(k for r in rows for k in r))
     w = csv.DictWriter(buf, fieldnames=keys)

@@ -69,3 +69,15 @@ def test_sweep_uses_fine_tuned_nets_where_given_and_counts_per_layer():
     assert rows[1]["agreement"] == live.agreement
     assert [rows[1][f"significant_{l.name}"] for l in live.report.layers] == [l.significant for l in live.report.layers]
     assert rows[1]["significant_fc2"] != one_shot[1]["significant_fc2"]
+
+
+def test_sweep_takes_per_layer_thresholds_and_writes_them_as_one_csv_cell(tmp_path):
+    net = dl.load_agent("CartPole-v1")
+    obs = dl.load_trajectory("CartPole-v1")["observations"][:40]
+    rows = reproduce_sweep(net, "CartPole-v1", obs, [0.0], [0.01, [0.0, 0.01, 0.1]], progress=False)
+    assert rows[1]["threshold"] == [0.0, 0.01, 0.1]
+    assert rows[1]["reduction"] == dl.replay(net, obs, threshold=[0.0, 0.01, 0.1]).report.reduction
+    write_results(tmp_path, "s", rows)
+    with open(tmp_path / "s.csv") as f:
+        got = list(csv.DictReader(f))
+    assert got[0]["threshold"] == "0.01" and got[1]["threshold"] == "0/0.01/0.1"
