@@ -13,6 +13,8 @@ stage it was in.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -182,6 +184,9 @@ def prune_and_distill(teacher: QNetwork, env: str, cfg: DistillConfig | None = N
         history.append(rec)
         bar.set_postfix(sparsity=s, agreement=f"{agree:.3f}")
         save()
+        if not progress:  # a background run still says where it is, one line per stage
+            print(f"{time.strftime('%H:%M:%S')} | {env} sparsity {s:g} distilled | agreement {agree:.3f} | "
+                  f"loss {rec['loss_first']:.3f} -> {rec['loss_last']:.3f}", file=sys.stderr, flush=True)
         if callback is not None:
             callback(s, rec)
     bar.close()
