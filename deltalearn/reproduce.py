@@ -12,6 +12,8 @@ import csv
 import io
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +33,12 @@ PAPER_SETTINGS: dict[str, tuple[float, float]] = {"Breakout": (0.79, 0.001), "Sp
 
 PAPER_RANGES = {"pruning": (2, 8), "delta": (10, 50), "both": (20, 150)}
 """Reduction ranges the paper reports (arXiv version): the paper's figures, not ours."""
+
+
+def _status(progress: bool, msg: str) -> None:
+    """A background run (progress off) still reports each finished unit of work, one line each."""
+    if not progress:
+        print(f"{time.strftime('%H:%M:%S')} | {msg}", file=sys.stderr, flush=True)
 
 
 def _variants(sparsity: float, threshold: float) -> list[tuple[str, float, float | None]]:
@@ -59,6 +67,7 @@ def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float, 
         d = res.to_dict()
         d["variant"], d["sparsity"], d["threshold"] = name, s, t
         rows[name] = d
+        _status(progress, f"{env} {name}: score {res.mean_score:.1f}, {res.report.reduction:.1f}x fewer")
     return {"env": env, "sparsity": sparsity, "threshold": threshold, "episodes": episodes, "seed": seed,
             "fine_tuned": pruned_net is not None, "variants": rows}
 
@@ -97,6 +106,8 @@ def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsitie
             row.update(episodes=episodes, mean_score=ev.mean_score, std_score=ev.std_score,
                        closed_loop_reduction=ev.report.reduction)
         out.append(row)
+        _status(progress, f"{env} sparsity {s:g} threshold {th}: {rep.report.reduction:.1f}x fewer, "
+                f"agreement {rep.agreement:.2f}" + (f", score {row['mean_score']:.1f}" if episodes > 0 else ""))
     return out
 
 
