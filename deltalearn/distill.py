@@ -12,6 +12,7 @@ stage it was in.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -106,6 +107,15 @@ def _distill_loss(q: torch.Tensor, target: torch.Tensor, cfg: DistillConfig) -> 
     return kl + cfg.mse_weight * F.mse_loss(q, target)
 
 
+def _fingerprint(net: QNetwork) -> str:
+    """sha256 of a network's weights: a resumed distillation must have the same teacher."""
+    h = hashlib.sha256()
+    for k, v in sorted(net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def prune_and_distill(teacher: QNetwork, env: str, cfg: DistillConfig | None = None,
                       run_dir: str | os.PathLike | None = None, progress: bool = True,
                       callback: Callable[[float, dict[str, Any]], None] | None = None,
@@ -122,6 +132,7 @@ def prune_and_distill(teacher: QNetwork, env: str, cfg: DistillConfig | None = N
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     teacher = plain_copy(teacher)
+    teacher_id = _fingerprint(teacher)
     student = plain_copy(teacher).train()
     snapshots: dict[float, QNetwork] = {}
     history: list[dict[str, Any]] = []
@@ -132,6 +143,10 @@ def prune_and_distill(teacher: QNetwork, env: str, cfg: DistillConfig | None = N
         if data.get("config") != cfg.to_dict() or data.get("env") != env:
             raise CheckpointError(f"{ckpt} belongs to another distillation (env {data.get('env')!r}, config "
                                   f"{data.get('config')}); use another run_dir or delete it")
+        if data.get("teacher", teacher_id) != teacher_id:
+            raise CheckpointError(f"{ckpt} was distilled from another teacher (weights sha256 "
+                                  f"{data['teacher'][:12]}..., this one {teacher_id[:12]}...); "
+                                  "use another run_dir or delete it")
         for s, state in zip(data["done"], data["snapshots"]):
             net = build_network(teacher.spec)
             net.load_state_dict(state)
@@ -145,7 +160,7 @@ def prune_and_distill(teacher: QNetwork, env: str, cfg: DistillConfig | None = N
             return
         done = sorted(snapshots)
         save_checkpoint(ckpt, {"spec": teacher.spec.to_dict(), "model": snapshots[done[-1]].state_dict(),
-                               "env": env, "config": cfg.to_dict(), "done": done,
+                               "env": env, "config": cfg.to_dict(), "done": done, "teacher": teacher_id,
                                "snapshots": [snapshots[s].state_dict() for s in done], "history": history})
 
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -58,6 +58,11 @@ def test_a_killed_distillation_resumes_after_its_last_stage(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(dl.CheckpointError, match="another distillation"):
         prune_and_distill(teacher, "CartPole-v1", small(updates=21), run_dir=tmp_path, progress=False)
+    other = dl.plain_copy(teacher)  # a retrained teacher must not inherit the old one's stages
+    with torch.no_grad():
+        next(other.parameters())[0, 0] += 1e-3
+    with pytest.raises(dl.CheckpointError, match="another teacher"):
+        prune_and_distill(other, "CartPole-v1", cfg, run_dir=tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("bad, msg", [(dict(stages=(0.8, 0.5)), "increasing"), (dict(stages=(0.5, 1.0)), "sparsity"),
