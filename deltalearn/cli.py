@@ -132,10 +132,14 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .agents import load_agent, load_network_file
+    from .agents import agent_record, load_agent, load_network_file
     from .evaluation import evaluate
 
-    net = load_network_file(a.checkpoint) if a.checkpoint else load_agent(a.game)
+    if a.checkpoint and a.agent:
+        raise ValueError("give --agent or --checkpoint, not both")
+    if a.agent and agent_record(a.agent).get("env", a.game) != a.game:
+        raise ValueError(f"agent {a.agent!r} plays {agent_record(a.agent)['env']}, not --game {a.game}")
+    net = load_network_file(a.checkpoint) if a.checkpoint else load_agent(a.agent or a.game)
     res = evaluate(net, a.game, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon,
                    sparsity=a.sparsity, threshold=a.threshold, progress=not a.json and not a.no_progress)
     d = res.to_dict()
@@ -264,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", type=_threshold, default=None,
                    help="delta threshold >= 0, or one per weight layer separated by commas")
     e.add_argument("--epsilon", type=float, default=None, help="default 0.05 for Atari, 0 for CartPole")
+    e.add_argument("--agent", default=None, help="a shipped agent by name, e.g. Breakout-pruned-0.79 "
+                   "(default: the game's dense agent)")
     e.add_argument("--checkpoint", default=None, help="a network file instead of the shipped agent")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.add_argument("--no-progress", action="store_true")

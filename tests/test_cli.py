@@ -130,6 +130,18 @@ def test_distill_exports_pruned_stages_whose_records_reproduce(tmp_path, capsys,
     assert dl.evaluate(net, "CartPole-v1", episodes=2, seed=0).scores == rec["evaluation"]["scores"]
     assert rec["teacher_sha256"] == dl.agent_record("CartPole-v1")["sha256"]
     assert dl.agent_names(agents) == sorted({*shipped, name})  # added, nothing else touched
+    # the pruned agent's record reproduces from the command line too
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--game", "CartPole-v1", "--agent", name, "--episodes", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["scores"] == rec["evaluation"]["scores"]
+
+
+def test_evaluate_refuses_an_agent_of_another_game(capsys):
+    assert cli.main(["evaluate", "--game", "Breakout", "--agent", "CartPole-v1", "--episodes", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "CartPole-v1" in err and "Breakout" in err
+    assert cli.main(["evaluate", "--game", "CartPole-v1", "--agent", "Nope", "--episodes", "1"]) != 0
+    assert "Nope" in capsys.readouterr().err
 
 
 def test_reproduce_end_to_end_with_a_distilled_agent(tmp_path, monkeypatch, capsys):
