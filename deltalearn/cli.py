@@ -87,6 +87,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         }
         if a.init:
             record["init"] = a.init
+        # the shipped net is the best evaluated one, which may predate the run's last step
+        from pathlib import Path
+
+        from .checkpoint import load_checkpoint
+        best_file = Path(run_dir) / "best.pt"
+        if best_file.exists():
+            record["best_net_step"] = int(load_checkpoint(best_file)["step"])
         # the learning curve of the periodic evaluations travels with the agent
         record["curve"] = {k: res.history[k] for k in ("eval_step", "eval_mean", "eval_std")}
         export_agent(net, a.export_name or cfg.env, record, directory=a.export)

@@ -101,6 +101,7 @@ def test_train_export_then_prune_while_fine_tuning(tmp_path, capsys):
     small = ["total_steps=1500", "learning_starts=300", "eval_every=500", "eval_episodes=2", "checkpoint_every=500"]
     assert cli.main(["train", *common, "--run-dir", str(tmp_path / "dense"), "--set", *small]) == 0
     rec = dl.agent_record("CartPole-v1", agents)
+    assert rec["best_net_step"] in rec["curve"]["eval_step"]  # the shipped net is an evaluated one
     again = dl.evaluate(dl.load_agent("CartPole-v1", agents), "CartPole-v1", episodes=3, seed=0)
     assert again.scores == rec["evaluation"]["scores"]
 
