@@ -6,6 +6,7 @@ import ast
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["main"]
@@ -55,6 +56,7 @@ def _parse_set(items: Sequence[str], config: type | None = None) -> dict[str, An
 
 def cmd_train(a: argparse.Namespace) -> int:
     from .agents import agent_names, export_agent, fp16_rounded, load_agent, load_network_file
+    from .checkpoint import load_checkpoint
     from .dqn import DQNConfig, train
     from .envs import is_atari
     from .evaluation import evaluate
@@ -88,9 +90,6 @@ def cmd_train(a: argparse.Namespace) -> int:
         if a.init:
             record["init"] = a.init
         # the shipped net is the best evaluated one, which may predate the run's last step
-        from pathlib import Path
-
-        from .checkpoint import load_checkpoint
         best_file = Path(run_dir) / "best.pt"
         if best_file.exists():
             record["best_net_step"] = int(load_checkpoint(best_file)["step"])
@@ -144,8 +143,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     if a.checkpoint and a.agent:
         raise ValueError("give --agent or --checkpoint, not both")
-    if a.agent and agent_record(a.agent).get("env", a.game) != a.game:
-        raise ValueError(f"agent {a.agent!r} plays {agent_record(a.agent)['env']}, not --game {a.game}")
+    plays = agent_record(a.agent).get("env", a.game) if a.agent else a.game
+    if plays != a.game:
+        raise ValueError(f"agent {a.agent!r} plays {plays}, not --game {a.game}")
     net = load_network_file(a.checkpoint) if a.checkpoint else load_agent(a.agent or a.game)
     res = evaluate(net, a.game, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon,
                    sparsity=a.sparsity, threshold=a.threshold, progress=not a.json and not a.no_progress)

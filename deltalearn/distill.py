@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +27,7 @@ from .checkpoint import CheckpointError, check_spec, load_checkpoint, save_check
 from .evaluation import evaluate
 from .nets import QNetwork, build_network, copy_weights, plain_copy
 from .pruning import check_sparsity, prune_network, sparsity_report
+from .status import status_line
 
 __all__ = ["DistillConfig", "prune_and_distill"]
 
@@ -200,8 +199,8 @@ def prune_and_distill(teacher: QNetwork, env: str, cfg: DistillConfig | None = N
         bar.set_postfix(sparsity=s, agreement=f"{agree:.3f}")
         save()
         if not progress:  # a background run still says where it is, one line per stage
-            print(f"{time.strftime('%H:%M:%S')} | {env} sparsity {s:g} distilled | agreement {agree:.3f} | "
-                  f"loss {rec['loss_first']:.3f} -> {rec['loss_last']:.3f}", file=sys.stderr, flush=True)
+            status_line(f"{env} sparsity {s:g} distilled", f"agreement {agree:.3f}",
+                        f"loss {rec['loss_first']:.3f} -> {rec['loss_last']:.3f}")
         if callback is not None:
             callback(s, rec)
     bar.close()

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -33,6 +32,7 @@ from .evaluation import evaluate
 from .nets import NetworkSpec, QNetwork, build_network, copy_weights, plain_copy
 from .pruning import check_sparsity, prune_network
 from .replay import ReplayBuffer
+from .status import status_line
 
 __all__ = ["DQNConfig", "TrainResult", "train", "load_state", "copy_weights", "select_device"]
 
@@ -427,12 +427,12 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
 def _log_status(cfg: DQNConfig, step: int, eps: float, wall: float, hist: dict[str, list]) -> None:
     """One line per checkpoint on stderr, so a background run (``--no-progress``) can be watched."""
     recent = hist["episode_return"][-20:]
-    parts = [time.strftime("%H:%M:%S"), f"{cfg.env} step {step:,}/{cfg.total_steps:,}",
+    parts = [f"{cfg.env} step {step:,}/{cfg.total_steps:,}",
              f"train {wall / 60:.1f} min", f"eps {eps:.3f}",
              f"return(last {len(recent)}) {np.mean(recent):.1f}" if recent else "return -"]
     if hist["eval_mean"]:
         parts.append(f"eval@{hist['eval_step'][-1]:,} {hist['eval_mean'][-1]:.1f}")
-    print(" | ".join(parts), file=sys.stderr, flush=True)
+    status_line(*parts)
 
 
 def _load_run_file(path: Path, spec: NetworkSpec, cfg: DQNConfig, device: torch.device) -> dict[str, Any]:

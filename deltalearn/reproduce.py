@@ -12,9 +12,6 @@ import csv
 import io
 import json
 import os
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +22,7 @@ from .checkpoint import atomic_write
 from .evaluation import evaluate, replay
 from .nets import QNetwork
 from .pruning import check_sparsity
+from .status import status_line
 
 __all__ = ["PAPER_SETTINGS", "PAPER_RANGES", "reproduce_table", "reproduce_sweep", "write_results"]
 
@@ -33,12 +31,6 @@ PAPER_SETTINGS: dict[str, tuple[float, float]] = {"Breakout": (0.79, 0.001), "Sp
 
 PAPER_RANGES = {"pruning": (2, 8), "delta": (10, 50), "both": (20, 150)}
 """Reduction ranges the paper reports (arXiv version): the paper's figures, not ours."""
-
-
-def _status(progress: bool, msg: str) -> None:
-    """A background run (progress off) still reports each finished unit of work, one line each."""
-    if not progress:
-        print(f"{time.strftime('%H:%M:%S')} | {msg}", file=sys.stderr, flush=True)
 
 
 def _variants(sparsity: float, threshold: float) -> list[tuple[str, float, float | None]]:
@@ -67,7 +59,8 @@ def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float, 
         d = res.to_dict()
         d["variant"], d["sparsity"], d["threshold"] = name, s, t
         rows[name] = d
-        _status(progress, f"{env} {name}: score {res.mean_score:.1f}, {res.report.reduction:.1f}x fewer")
+        if not progress:
+            status_line(f"{env} {name}", f"score {res.mean_score:.1f}", f"{res.report.reduction:.1f}x fewer")
     return {"env": env, "sparsity": sparsity, "threshold": threshold, "episodes": episodes, "seed": seed,
             "fine_tuned": pruned_net is not None, "variants": rows}
 
@@ -106,8 +99,9 @@ def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsitie
             row.update(episodes=episodes, mean_score=ev.mean_score, std_score=ev.std_score,
                        closed_loop_reduction=ev.report.reduction)
         out.append(row)
-        _status(progress, f"{env} sparsity {s:g} threshold {th}: {rep.report.reduction:.1f}x fewer, "
-                f"agreement {rep.agreement:.2f}" + (f", score {row['mean_score']:.1f}" if episodes > 0 else ""))
+        if not progress:
+            status_line(f"{env} sparsity {s:g} threshold {th}", f"{rep.report.reduction:.1f}x fewer",
+                        f"agreement {rep.agreement:.2f}", *([f"score {row['mean_score']:.1f}"] if episodes > 0 else []))
     return out
 
 

@@ -81,3 +81,9 @@ def test_sweep_takes_per_layer_thresholds_and_writes_them_as_one_csv_cell(tmp_pa
     with open(tmp_path / "s.csv") as f:
         got = list(csv.DictReader(f))
     assert got[0]["threshold"] == "0.01" and got[1]["threshold"] == "0/0.01/0.1"
+
+
+def test_a_run_without_progress_bar_reports_one_line_per_variant(capsys):
+    dl.reproduce_table(dl.load_agent("CartPole-v1"), "CartPole-v1", 0.5, 0.01, episodes=1, progress=False)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [l.split(" | ")[1] for l in lines] == [f"CartPole-v1 {v}" for v in ("dense", "pruned", "delta", "pruned+delta")]
