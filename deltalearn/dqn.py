@@ -268,8 +268,14 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
         data = _load_run_file(compact_path, spec, cfg, device)
         load_state(q, data["model"])
         copy_weights(q, target)
-        copy_weights(q, best)
         step, updates, best_score = int(data["step"]), int(data["updates"]), float(data["best_score"])
+        if "best" in data:
+            load_state(best, data["best"])
+        else:
+            # an older warm-restart file kept no best network: its best_score would label the
+            # resumed weights with another network's score, so the next evaluation starts afresh
+            copy_weights(q, best)
+            best_score = -math.inf
         wall, hist = float(data["wall_time"]), data["history"]
         rng = np.random.default_rng([cfg.seed, step])
         torch.manual_seed(cfg.seed * 1_000_003 + step)
@@ -312,7 +318,7 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
             "credit": credit, "history": hist, "np_rng": rng.bit_generator.state,
             "replay_rng": rb.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
         })
-        save_compact_resume(compact_path, spec, cfg, q, step, updates, best_score, wall, hist)
+        save_compact_resume(compact_path, spec, cfg, q, step, updates, best_score, wall, hist, best)
         atomic_write(run / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(
             {"config": cfg.to_dict(), "step": step, "wall_time": wall, "best_score": best_score, **hist})))
 
@@ -447,17 +453,23 @@ def _load_run_file(path: Path, spec: NetworkSpec, cfg: DQNConfig, device: torch.
 
 
 def save_compact_resume(path: Path, spec: NetworkSpec, cfg: DQNConfig, q: QNetwork, step: int, updates: int,
-                        best_score: float, wall: float, hist: dict[str, list]) -> None:
-    """A few-MB file to resume from on another machine: fp16 online weights, counters, history.
+                        best_score: float, wall: float, hist: dict[str, list],
+                        best: QNetwork | None = None) -> None:
+    """A few-MB file to resume from on another machine: fp16 online (and best) weights, counters, history.
 
     ``checkpoint.pt`` (networks, optimizer, RNGs) and ``replay.npz`` resume exactly but are
     tens of MB and GBs; this one is small enough to commit. Resuming from it is a warm
     restart: the target network is the online one, Adam starts afresh and the replay buffer
     refills for ``learning_starts`` steps before updates resume.
     """
-    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu() for k, v in q.state_dict().items()}
-    save_checkpoint(path, {"spec": spec.to_dict(), "config": cfg.to_dict(), "model": state, "step": step,
-                           "updates": updates, "best_score": best_score, "wall_time": wall, "history": hist})
+    def half(net: QNetwork) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu() for k, v in net.state_dict().items()}
+
+    data = {"spec": spec.to_dict(), "config": cfg.to_dict(), "model": half(q), "step": step,
+            "updates": updates, "best_score": best_score, "wall_time": wall, "history": hist}
+    if best is not None:
+        data["best"] = half(best)
+    save_checkpoint(path, data)
 
 
 def _checkpoint_on_sigterm() -> Any:

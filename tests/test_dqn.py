@@ -142,6 +142,39 @@ def test_warm_restart_from_compact_resume_file(tmp_path):
     assert any((p.detach() - first[k]).abs().max() > 0 for k, p in res.net.state_dict().items())
 
 
+def test_warm_restart_keeps_the_best_network_with_its_score(tmp_path):
+    """resume.pt carries the best evaluated network: after a warm restart the best score still
+    belongs to the weights it was measured on, not to the resumed (later) weights."""
+    cfg = tiny_config(total_steps=2000, eval_every=1000)
+    first = dl.train(cfg, tmp_path, progress=False)
+    for f in ("checkpoint.pt", "replay.npz", "best.pt"):
+        (tmp_path / f).unlink()
+    data = torch.load(tmp_path / "resume.pt", weights_only=True)
+    assert data["best_score"] == max(first.history["eval_mean"])
+    for k, v in first.best_net.state_dict().items():
+        assert torch.equal(data["best"][k].float(), v.half().float()), k
+    # no evaluation in the resumed part: the best network must come back from the file
+    cfg2 = dl.DQNConfig.from_dict({**cfg.to_dict(), "total_steps": 2400, "eval_every": 100_000})
+    res = dl.train(cfg2, tmp_path, progress=False)
+    for k, v in res.best_net.state_dict().items():
+        assert torch.equal(v, data["best"][k].float()), k
+
+
+def test_old_resume_file_without_best_forgets_its_best_score(tmp_path):
+    """A resume.pt written before it kept the best net: the next evaluation defines the best."""
+    cfg = tiny_config(total_steps=2000, eval_every=1000)
+    dl.train(cfg, tmp_path, progress=False)
+    for f in ("checkpoint.pt", "replay.npz", "best.pt"):
+        (tmp_path / f).unlink()
+    data = torch.load(tmp_path / "resume.pt", weights_only=True)
+    del data["best"]
+    data["best_score"] = 1e9  # a score no network of this run could beat
+    dl.save_checkpoint(tmp_path / "resume.pt", data)
+    res = dl.train(dl.DQNConfig.from_dict({**cfg.to_dict(), "total_steps": 3000}), tmp_path, progress=False)
+    assert res.history["eval_step"][-1] == 3000
+    assert dl.load_checkpoint(tmp_path / "best.pt")["score"] == res.history["eval_mean"][-1]
+
+
 def test_background_run_logs_one_status_line_per_checkpoint(tmp_path, capsys):
     cfg = tiny_config(total_steps=1500, checkpoint_every=500, eval_every=0)
     dl.train(cfg, tmp_path / "run", progress=False)
