@@ -182,15 +182,20 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     import numpy as np
 
     from .agents import agent_names, agent_record, load_agent, load_network_file, pruned_agent_name
-    from .reproduce import PAPER_SETTINGS, reproduce_sweep, reproduce_table, write_results
+    from .reproduce import (OUR_SETTINGS, PAPER_SETTINGS, SIX_GAMES, reproduce_sweep, reproduce_table,
+                            six_game_summary, table_setting, write_results)
     from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names
 
-    games = a.game or [g for g in PAPER_SETTINGS]
+    # by default every one of the paper's games that has a shipped agent and a table setting
+    games = a.game or [g for g in SIX_GAMES if g in agent_names() and (g in PAPER_SETTINGS or g in OUR_SETTINGS)]
+    if not games:
+        raise ValueError(f"no shipped agent for any of {', '.join(SIX_GAMES)}; name a game with --game")
     for game in games:
-        net = load_agent(game)
-        s, t = PAPER_SETTINGS.get(game, (0.5, 0.01))
+        if a.sparsity is None or a.threshold is None:
+            s, t = table_setting(game)
         s = a.sparsity if a.sparsity is not None else s
         t = a.threshold if a.threshold is not None else t
+        net = load_agent(game)
         sweep_sparsities = a.sweep_sparsities or sorted({0.0, 0.5, s, 0.9})
         # fine-tuned pruned agents shipped by `deltalearn distill`, by sparsity
         tuned = {x: load_agent(pruned_agent_name(game, x)) for x in {s, *sweep_sparsities}
@@ -216,6 +221,10 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
                                 pruned_nets=tuned)
         paths = write_results(a.out, f"{game}_sweep", sweep)
         print(f"{game}: wrote {a.out}/{game}_table.json and {', '.join(str(p) for p in paths)}")
+    # the six-game summary: one row per game whose table is in --out, old or new
+    summary = six_game_summary(a.out)
+    paths = write_results(a.out, "summary", summary)
+    print(f"summary of {', '.join(r['game'] for r in summary)}: wrote {', '.join(str(p) for p in paths)}")
     return 0
 
 
@@ -296,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="write the paper's tables and sweeps for shipped agents",
                        description="For each game: the four variants (dense, pruned, delta, pruned+delta) on "
                        "paired seeded episodes, and a sparsity x threshold sweep, written as JSON/CSV.")
-    r.add_argument("--game", nargs="*", choices=ENV_NAMES, metavar="GAME", help="default: the paper's table games")
-    r.add_argument("--sparsity", type=_sparsity, default=None, help="default: the paper's setting for the game")
+    r.add_argument("--game", nargs="*", choices=ENV_NAMES, metavar="GAME", help="default: each of the paper's six games with a shipped agent")
+    r.add_argument("--sparsity", type=_sparsity, default=None, help="default: the paper's setting for the game, or ours for a game it names none for")
     r.add_argument("--threshold", type=_threshold, default=None)
     r.add_argument("--pruned-checkpoint", default=None, help="a fine-tuned pruned network for the pruned variants")
     r.add_argument("--episodes", type=int, default=10)

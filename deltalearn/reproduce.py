@@ -18,27 +18,53 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from .agents import agent_names, load_agent
 from .checkpoint import atomic_write
+from .counting import count_weights
 from .evaluation import evaluate, replay
-from .nets import QNetwork
-from .pruning import check_sparsity
+from .nets import QNetwork, plain_copy
+from .pruning import check_sparsity, prune_network
 from .status import status_line
 
-__all__ = ["PAPER_SETTINGS", "PAPER_RANGES", "reproduce_table", "reproduce_sweep", "write_results"]
+__all__ = ["PAPER_SETTINGS", "PAPER_RANGES", "SIX_GAMES", "FIGURE_GAMES", "OUR_SETTINGS", "table_setting",
+           "reproduce_table", "reproduce_sweep", "summary_row", "six_game_summary", "write_results"]
+
+Threshold = float | list[float] | None
+
+SIX_GAMES: tuple[str, ...] = ("Breakout", "SpaceInvaders", "Robotank", "BattleZone", "Enduro", "Freeway")
+"""The paper's six games: the first two in its tables, the other four in a figure of results."""
+
+FIGURE_GAMES: tuple[str, ...] = SIX_GAMES[2:]
+"""The games the paper shows only as a figure: it names no setting for them, so we choose one."""
 
 PAPER_SETTINGS: dict[str, tuple[float, float]] = {"Breakout": (0.79, 0.001), "SpaceInvaders": (0.74, 0.001)}
 """(sparsity, threshold) named in the paper's tables."""
+
+OUR_SETTINGS: dict[str, tuple[float, float]] = {}
+"""(sparsity, threshold) we chose for a figure game (ours, not the paper's): the paper's Breakout
+setting unless our sweep of that game showed it costs the score (the book's chapter 9 says why)."""
 
 PAPER_RANGES = {"pruning": (2, 8), "delta": (10, 50), "both": (20, 150)}
 """Reduction ranges the paper reports (arXiv version): the paper's figures, not ours."""
 
 
-def _variants(sparsity: float, threshold: float) -> list[tuple[str, float, float | None]]:
+def table_setting(game: str) -> tuple[float, float]:
+    """The (sparsity, threshold) of ``game``'s table: the paper's where it names one, else ours."""
+    if game in PAPER_SETTINGS:
+        return PAPER_SETTINGS[game]
+    if game in OUR_SETTINGS:
+        return OUR_SETTINGS[game]
+    raise ValueError(f"no table setting for {game!r}: the paper names one for {', '.join(PAPER_SETTINGS)}, "
+                     f"we chose one for {', '.join(OUR_SETTINGS) or 'no other game'}; "
+                     "give the sparsity and threshold explicitly")
+
+
+def _variants(sparsity: float, threshold: Threshold) -> list[tuple[str, float, float | None]]:
     return [("dense", 0.0, None), ("pruned", sparsity, None), ("delta", 0.0, threshold),
             ("pruned+delta", sparsity, threshold)]
 
 
-def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float, episodes: int = 10,
+def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float | list[float], episodes: int = 10,
                     seed: int = 0, pruned_net: QNetwork | None = None, progress: bool = True,
                     max_steps: int | None = None) -> dict[str, Any]:
     """Scores and per-layer multiplications of the four variants on the same episodes.
@@ -61,8 +87,10 @@ def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float, 
         rows[name] = d
         if not progress:
             status_line(f"{env} {name}", f"score {res.mean_score:.1f}", f"{res.report.reduction:.1f}x fewer")
+    pruned = pruned_net if pruned_net is not None else prune_network(plain_copy(net), sparsity)
     return {"env": env, "sparsity": sparsity, "threshold": threshold, "episodes": episodes, "seed": seed,
-            "fine_tuned": pruned_net is not None, "variants": rows}
+            "fine_tuned": pruned_net is not None, "variants": rows,
+            "pruned_weights_reduction": count_weights(pruned).reduction}
 
 
 def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsities: Sequence[float],
@@ -103,6 +131,54 @@ def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsitie
             status_line(f"{env} sparsity {s:g} threshold {th}", f"{rep.report.reduction:.1f}x fewer",
                         f"agreement {rep.agreement:.2f}", *([f"score {row['mean_score']:.1f}"] if episodes > 0 else []))
     return out
+
+
+def summary_row(table: dict[str, Any], pruned_weights: float | None = None) -> dict[str, Any]:
+    """One game's line of the six-game summary, from a :func:`reproduce_table` result.
+
+    Reductions are "x fewer than all products" (the dense network's every product, per
+    decision). ``pruned_weights`` is the pruned network's weights-only reduction
+    (``count_weights(net).reduction``), the count the paper's pruning range appears to use.
+    The score difference is paired: the variants played the same seeded episodes.
+    """
+    v = table["variants"]
+    dense, opt = v["dense"], v["pruned+delta"]
+    diff = np.asarray(opt["scores"], float) - np.asarray(dense["scores"], float)
+    n = len(diff)
+    row: dict[str, Any] = {
+        "game": table["env"], "episodes": n,
+        "dense_per_decision": dense["total_dense"] / dense["steps"],
+        "sparsity": table["sparsity"], "threshold": table["threshold"],
+        "pruning_weights": pruned_weights, "pruning": v["pruned"]["reduction"],
+        "delta": v["delta"]["reduction"], "both": opt["reduction"],
+        "dense_mean": dense["mean_score"], "dense_std": dense["std_score"], "dense_hns": dense.get("hns"),
+        "optimized_mean": opt["mean_score"], "optimized_std": opt["std_score"], "optimized_hns": opt.get("hns"),
+        "paired_difference": float(diff.mean()),
+        "paired_se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+    }
+    return row
+
+
+def six_game_summary(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """:func:`summary_row` for each of :data:`SIX_GAMES` whose table is in ``directory``, in order.
+
+    A table written before tables recorded ``pruned_weights_reduction`` gets it from the
+    shipped pruned agent it names (or, failing that, from the dense agent pruned one-shot).
+    """
+    rows = []
+    for game in SIX_GAMES:
+        path = Path(directory) / f"{game}_table.json"
+        if not path.exists():
+            continue
+        table = json.loads(path.read_text())
+        weights = table.get("pruned_weights_reduction")
+        if weights is None:
+            name = table.get("pruned_from")
+            net = (load_agent(name) if name in agent_names()
+                   else prune_network(plain_copy(load_agent(game)), table["sparsity"]))
+            weights = count_weights(net).reduction
+        rows.append(summary_row(table, weights))
+    return rows
 
 
 def _cell(v: Any) -> Any:

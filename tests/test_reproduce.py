@@ -1,7 +1,10 @@
 """The reproduction tables: paired variants, and files written as promised."""
 import csv
 import json
+from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 import deltalearn as dl
@@ -87,3 +90,43 @@ def test_a_run_without_progress_bar_reports_one_line_per_variant(capsys):
     dl.reproduce_table(dl.load_agent("CartPole-v1"), "CartPole-v1", 0.5, 0.01, episodes=1, progress=False)
     lines = capsys.readouterr().err.strip().splitlines()
     assert [l.split(" | ")[1] for l in lines] == [f"CartPole-v1 {v}" for v in ("dense", "pruned", "delta", "pruned+delta")]
+
+
+def test_table_settings_are_the_papers_where_it_names_one_and_refused_elsewhere():
+    assert dl.table_setting("Breakout") == (0.79, 0.001) and dl.table_setting("SpaceInvaders") == (0.74, 0.001)
+    for g, setting in dl.OUR_SETTINGS.items():
+        assert g in dl.FIGURE_GAMES and dl.table_setting(g) == setting
+    assert set(dl.SIX_GAMES) == {*dl.PAPER_SETTINGS, *dl.FIGURE_GAMES}
+    with pytest.raises(ValueError, match="CartPole-v1"):
+        dl.table_setting("CartPole-v1")
+
+
+def test_summary_row_reads_the_four_variants_and_pairs_the_scores():
+    net = dl.load_agent("CartPole-v1")
+    tab = reproduce_table(net, "CartPole-v1", sparsity=0.7, threshold=0.05, episodes=3, seed=2, progress=False,
+                          max_steps=120)
+    v = tab["variants"]
+    # the table records what pruning alone saves by weights, for the pruned net it used
+    assert tab["pruned_weights_reduction"] == dl.count_weights(dl.prune_network(dl.plain_copy(net), 0.7)).reduction
+    row = dl.summary_row(tab, tab["pruned_weights_reduction"])
+    assert (row["pruning"], row["delta"], row["both"]) == (v["pruned"]["reduction"], v["delta"]["reduction"],
+                                                          v["pruned+delta"]["reduction"])
+    assert row["dense_per_decision"] == dl.count_dense(net).total_dense
+    diff = np.array(v["pruned+delta"]["scores"]) - np.array(v["dense"]["scores"])
+    assert row["paired_difference"] == pytest.approx(diff.mean())
+    assert row["paired_se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(3))
+    assert row["dense_hns"] is None and row["episodes"] == 3
+
+
+def test_six_game_summary_of_the_committed_tables():
+    data = Path(__file__).resolve().parents[1] / "book" / "data" / "reproduce"
+    rows = dl.six_game_summary(data)
+    games = [r["game"] for r in rows]
+    assert games == [g for g in dl.SIX_GAMES if (data / f"{g}_table.json").exists()] and "Breakout" in games
+    for r in rows:
+        tab = json.loads((data / f"{r['game']}_table.json").read_text())
+        assert r == dl.summary_row(tab, r["pruning_weights"])
+        pruned = dl.load_agent(tab["pruned_from"])
+        assert r["pruning_weights"] == pytest.approx(dl.count_weights(pruned).reduction)
+        # weights-only pruning saves about 1 / (1 - sparsity)
+        assert r["pruning_weights"] == pytest.approx(1 / (1 - r["sparsity"]), rel=0.02)
