@@ -54,6 +54,16 @@ def _parse_set(items: Sequence[str], config: type | None = None) -> dict[str, An
     return out
 
 
+def _set_threads(n: int) -> None:
+    """Cap torch's threads: on a machine busy with training, two threads wait on each other."""
+    if n < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {n}")
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .agents import agent_names, export_agent, fp16_rounded, load_agent, load_network_file
     from .checkpoint import load_checkpoint
@@ -146,6 +156,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     plays = agent_record(a.agent).get("env", a.game) if a.agent else a.game
     if plays != a.game:
         raise ValueError(f"agent {a.agent!r} plays {plays}, not --game {a.game}")
+    _set_threads(a.threads)
     net = load_network_file(a.checkpoint) if a.checkpoint else load_agent(a.agent or a.game)
     res = evaluate(net, a.game, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon,
                    sparsity=a.sparsity, threshold=a.threshold, progress=not a.json and not a.no_progress)
@@ -186,6 +197,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
                             six_game_summary, table_setting, write_results)
     from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names
 
+    _set_threads(a.threads)
     # by default every one of the paper's games that has a shipped agent and a table setting
     games = a.game or [g for g in SIX_GAMES if g in agent_names() and (g in PAPER_SETTINGS or g in OUR_SETTINGS)]
     if not games:
@@ -289,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default=None, help="a network file instead of the shipped agent")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default 0: torch's default); 1 is faster beside a training run")
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("count", help="multiplications per decision of a network",
@@ -322,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trajectory-dir", default=None, help="where recorded episodes live (default: the package's)")
     r.add_argument("--out", default="book/data/reproduce")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default 0: torch's default); 1 is faster beside a training run")
     r.set_defaults(func=cmd_reproduce)
     return p
 

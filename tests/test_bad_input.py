@@ -215,6 +215,9 @@ def run_cli(capsys, *argv):
     (["count", "--model", "resnet"], "'resnet'"),
     (["train", "--env", "Tetris"], "'Tetris'"),
     (["train", "--env", "CartPole-v1", "--set", "nonsense=1"], "'nonsense=1'"),
+    (["evaluate", "--game", "CartPole-v1", "--threads", "-3"], "-3"),
+    (["reproduce", "--game", "CartPole-v1", "--threads", "-3"], "-3"),
+    (["reproduce", "--game", "CartPole-v1"], "'CartPole-v1'"),  # no table setting: name one
 ])
 def test_cli_bad_input_exits_nonzero_naming_the_value(capsys, argv, shown):
     code, err = run_cli(capsys, *argv)
