@@ -199,7 +199,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
     _set_threads(a.threads)
     # by default every one of the paper's games that has a shipped agent and a table setting
-    games = a.game or [g for g in SIX_GAMES if g in agent_names() and (g in PAPER_SETTINGS or g in OUR_SETTINGS)]
+    games = a.game or [g for g in SIX_GAMES if g in agent_names() and g in {*PAPER_SETTINGS, *OUR_SETTINGS}]
     if not games:
         raise ValueError(f"no shipped agent for any of {', '.join(SIX_GAMES)}; name a game with --game")
     for game in games:

@@ -146,7 +146,7 @@ def summary_row(table: dict[str, Any], pruned_weights: float | None = None) -> d
     dense, opt = v["dense"], v["pruned+delta"]
     diff = np.asarray(opt["scores"], float) - np.asarray(dense["scores"], float)
     n = len(diff)
-    row: dict[str, Any] = {
+    return {
         "game": table["env"], "episodes": n,
         "dense_per_decision": dense["total_dense"] / dense["steps"],
         "sparsity": table["sparsity"], "threshold": table["threshold"],
@@ -157,7 +157,6 @@ def summary_row(table: dict[str, Any], pruned_weights: float | None = None) -> d
         "paired_difference": float(diff.mean()),
         "paired_se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
     }
-    return row
 
 
 def six_game_summary(directory: str | os.PathLike) -> list[dict[str, Any]]:
