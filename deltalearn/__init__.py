@@ -16,8 +16,9 @@ from .replay import Batch, ReplayBuffer
 from .distill import DistillConfig, prune_and_distill
 from .agents import (AGENT_DIR, agent_names, agent_record, export_agent, fp16_rounded, load_agent, load_network_file,
                      pruned_agent_name)
-from .reproduce import (FIGURE_GAMES, OUR_SETTINGS, PAPER_RANGES, PAPER_SETTINGS, SIX_GAMES, reproduce_sweep,
-                        reproduce_table, six_game_summary, summary_row, table_setting, write_results)
+from .reproduce import (FIGURE_GAMES, FIRST_PERSON_GAMES, INPUT_THRESHOLDS, OUR_SETTINGS, PAPER_RANGES,
+                        PAPER_SETTINGS, SIX_GAMES, SWEEP_THRESHOLDS, reproduce_sweep, reproduce_table,
+                        six_game_summary, summary_row, sweep_thresholds, table_setting, write_results)
 from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names
 
 __version__ = "0.1.0"

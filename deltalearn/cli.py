@@ -193,8 +193,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     import numpy as np
 
     from .agents import agent_names, agent_record, load_agent, load_network_file, pruned_agent_name
+    from .counting import layer_names
     from .reproduce import (OUR_SETTINGS, PAPER_SETTINGS, SIX_GAMES, reproduce_sweep, reproduce_table,
-                            six_game_summary, table_setting, write_results)
+                            six_game_summary, sweep_thresholds, table_setting, write_results)
     from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names
 
     _set_threads(a.threads)
@@ -228,7 +229,8 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
             traj = record_trajectory(net, game, seed=a.seed, max_steps=a.trajectory_steps)
             traj["agent_sha256"] = np.array(sha)
             save_trajectory(traj, game, a.trajectory_dir)
-        sweep = reproduce_sweep(net, game, traj["observations"], sweep_sparsities, a.sweep_thresholds,
+        thresholds = a.sweep_thresholds or sweep_thresholds(game, len(layer_names(net)))
+        sweep = reproduce_sweep(net, game, traj["observations"], sweep_sparsities, thresholds,
                                 episodes=a.sweep_episodes, seed=a.seed, progress=not a.no_progress,
                                 pruned_nets=tuned)
         paths = write_results(a.out, f"{game}_sweep", sweep)
@@ -328,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sweep-sparsities", type=_sparsity, nargs="+", default=None,
                    help="default: 0, 0.5, the table's sparsity, 0.9")
     r.add_argument("--sweep-thresholds", type=_threshold_or_none, nargs="+",
-                   default=[None, 0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1],
-                   help="'none' means no delta network; a comma-separated list is one threshold per layer")
+                   default=None, help="'none' means no delta network; a comma-separated list is one threshold "
+                   "per layer (default: none 0 0.001 0.003 0.01 0.03 0.1, and for Robotank and BattleZone also "
+                   "first-layer thresholds 0.01, 0.03, 0.1 with 0.001 deeper)")
     r.add_argument("--sweep-episodes", type=int, default=0, help="closed-loop episodes per sweep cell (0: replay only)")
     r.add_argument("--trajectory-steps", type=int, default=3000,
                    help="cap on the recorded episode the sweep replays (recorded when the agent changes)")
@@ -349,6 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:  # bad input found past argparse: one clear line, no traceback
         print(f"deltalearn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: training has checkpointed by now, say how to go on
+        print(f"deltalearn {args.command}: stopped ({e or 'interrupted'})"
+              + ("; the checkpoint is saved: the same command resumes" if args.command == "train" else ""),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

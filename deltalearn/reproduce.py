@@ -26,7 +26,8 @@ from .nets import QNetwork, plain_copy
 from .pruning import check_sparsity, prune_network
 from .status import status_line
 
-__all__ = ["PAPER_SETTINGS", "PAPER_RANGES", "SIX_GAMES", "FIGURE_GAMES", "OUR_SETTINGS", "table_setting",
+__all__ = ["PAPER_SETTINGS", "PAPER_RANGES", "SIX_GAMES", "FIGURE_GAMES", "FIRST_PERSON_GAMES", "OUR_SETTINGS",
+           "SWEEP_THRESHOLDS", "INPUT_THRESHOLDS", "sweep_thresholds", "table_setting",
            "reproduce_table", "reproduce_sweep", "summary_row", "six_game_summary", "write_results"]
 
 Threshold = float | list[float] | None
@@ -36,6 +37,32 @@ SIX_GAMES: tuple[str, ...] = ("Breakout", "SpaceInvaders", "Robotank", "BattleZo
 
 FIGURE_GAMES: tuple[str, ...] = SIX_GAMES[2:]
 """The games the paper shows only as a figure: it names no setting for them, so we choose one."""
+
+FIRST_PERSON_GAMES: tuple[str, ...] = ("Robotank", "BattleZone")
+"""First-person 3D games: about 15% of the input pixels change per decision, against 0.5-4% in the
+others, so their delta networks' first layer recomputes far more (chapter 7)."""
+
+SWEEP_THRESHOLDS: tuple[Threshold, ...] = (None, 0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
+"""The uniform thresholds every sweep covers (``None``: no delta network)."""
+
+INPUT_THRESHOLDS: tuple[float, ...] = (0.01, 0.03, 0.1)
+"""First-layer thresholds of the per-layer study: the pixels' threshold is raised (a pixel is in
+[0, 1], so 0.1 ignores changes of under 26 grey levels) while the deeper layers keep 0.001."""
+
+
+def sweep_thresholds(game: str, layers: int = 5) -> list[Threshold]:
+    """The thresholds ``deltalearn reproduce`` sweeps for ``game`` by default.
+
+    Every game gets :data:`SWEEP_THRESHOLDS`. A first-person game also gets per-layer
+    thresholds that coarsen only the first layer's input (:data:`INPUT_THRESHOLDS`, the
+    other ``layers - 1`` weight layers at 0.001): its extra work sits in the first layer,
+    whose input is raw pixels, so that is where a coarser threshold should pay.
+    """
+    out: list[Threshold] = list(SWEEP_THRESHOLDS)
+    if game in FIRST_PERSON_GAMES:
+        out += [[t] + [1e-3] * (layers - 1) for t in INPUT_THRESHOLDS]
+    return out
+
 
 PAPER_SETTINGS: dict[str, tuple[float, float]] = {"Breakout": (0.79, 0.001), "SpaceInvaders": (0.74, 0.001)}
 """(sparsity, threshold) named in the paper's tables."""

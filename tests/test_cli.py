@@ -168,3 +168,26 @@ def test_reproduce_end_to_end_with_a_distilled_agent(tmp_path, monkeypatch, caps
     assert cli.main(args) == 0
     assert (traj / "CartPole-v1.npz").stat().st_mtime_ns == stamp
     assert json.loads((out / "CartPole-v1_sweep.json").read_text()) == sweep
+
+
+def test_sigterm_checkpoints_a_training_run_and_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    # no regular checkpoint in this run: any checkpoint on disk was written because of the signal
+    p = subprocess.Popen([sys.executable, "-m", "deltalearn.cli", "train", "--game", "CartPole-v1", "--run-dir",
+                          str(run), "--no-progress", "--set", "total_steps=10000000", "checkpoint_every=1000000000",
+                          "eval_every=1000", "eval_episodes=1", "threads=1"],
+                         stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while not (run / "best.pt").exists() and time.time() < deadline:  # the first evaluation, at step 1000
+        time.sleep(0.2)
+    assert (run / "best.pt").exists(), "no evaluation within two minutes"
+    assert not (run / "checkpoint.pt").exists()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "the same command resumes" in err and "Traceback" not in err
+    assert json.loads((run / "history.json").read_text())["step"] >= 1000
+    assert dl.load_checkpoint(run / "checkpoint.pt")["step"] >= 1000

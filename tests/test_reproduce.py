@@ -130,3 +130,15 @@ def test_six_game_summary_of_the_committed_tables():
         assert r["pruning_weights"] == pytest.approx(dl.count_weights(pruned).reduction)
         # weights-only pruning saves about 1 / (1 - sparsity)
         assert r["pruning_weights"] == pytest.approx(1 / (1 - r["sparsity"]), rel=0.02)
+
+
+def test_first_person_sweeps_add_first_layer_thresholds_only():
+    flat = dl.sweep_thresholds("Breakout")
+    assert flat == list(dl.SWEEP_THRESHOLDS) and all(t is None or np.isscalar(t) for t in flat)
+    for game in dl.FIRST_PERSON_GAMES:
+        extra = dl.sweep_thresholds(game)[len(flat):]
+        assert [t[0] for t in extra] == list(dl.INPUT_THRESHOLDS)
+        assert all(t[1:] == [1e-3] * 4 for t in extra)
+        # each one is a valid per-layer threshold for the Nature DQN the agents use
+        for t in extra:
+            assert dl.DeltaNetwork(dl.nature_dqn(18), t).thresholds == t
