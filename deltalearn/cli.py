@@ -218,10 +218,14 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
             pruned, pruned_from = load_network_file(a.pruned_checkpoint), str(a.pruned_checkpoint)
         elif s in tuned:
             pruned, pruned_from = tuned[s], pruned_agent_name(game, s)
-        table = reproduce_table(net, game, s, t, episodes=a.episodes, seed=a.seed, pruned_net=pruned,
-                                progress=not a.no_progress)
-        table["pruned_from"] = pruned_from
-        write_results(a.out, f"{game}_table", table)
+        if "table" in a.parts:
+            table = reproduce_table(net, game, s, t, episodes=a.episodes, seed=a.seed, pruned_net=pruned,
+                                    progress=not a.no_progress)
+            table["pruned_from"] = pruned_from
+            write_results(a.out, f"{game}_table", table)
+            print(f"{game}: wrote {a.out}/{game}_table.json")
+        if "sweep" not in a.parts:
+            continue
         # the sweep replays one recorded episode of *this* agent, shipped so its counts can be re-checked
         traj = load_trajectory(game, a.trajectory_dir) if game in trajectory_names(a.trajectory_dir) else None
         sha = agent_record(game)["sha256"]
@@ -234,7 +238,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
                                 episodes=a.sweep_episodes, seed=a.seed, progress=not a.no_progress,
                                 pruned_nets=tuned)
         paths = write_results(a.out, f"{game}_sweep", sweep)
-        print(f"{game}: wrote {a.out}/{game}_table.json and {', '.join(str(p) for p in paths)}")
+        print(f"{game}: wrote {', '.join(str(p) for p in paths)}")
+    if "table" not in a.parts:  # the summary reads the tables: a sweep-only run leaves it as it was
+        return 0
     # the six-game summary: one row per game whose table is in --out, old or new
     summary = six_game_summary(a.out)
     paths = write_results(a.out, "summary", summary)
@@ -337,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trajectory-steps", type=int, default=3000,
                    help="cap on the recorded episode the sweep replays (recorded when the agent changes)")
     r.add_argument("--trajectory-dir", default=None, help="where recorded episodes live (default: the package's)")
+    r.add_argument("--parts", nargs="+", choices=("table", "sweep"), default=["table", "sweep"],
+                   help="what to compute (default both): two runs with one part each can share two cores")
     r.add_argument("--out", default="book/data/reproduce")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--threads", type=int, default=0,

@@ -168,6 +168,12 @@ def test_reproduce_end_to_end_with_a_distilled_agent(tmp_path, monkeypatch, caps
     assert cli.main(args) == 0
     assert (traj / "CartPole-v1.npz").stat().st_mtime_ns == stamp
     assert json.loads((out / "CartPole-v1_sweep.json").read_text()) == sweep
+    # one part at a time: a sweep-only run leaves the table and the summary alone
+    stamps = {f: (out / f).stat().st_mtime_ns for f in ("CartPole-v1_table.json", "summary.json")}
+    (out / "CartPole-v1_sweep.json").unlink()
+    assert cli.main([*args, "--parts", "sweep"]) == 0
+    assert json.loads((out / "CartPole-v1_sweep.json").read_text()) == sweep
+    assert {f: (out / f).stat().st_mtime_ns for f in stamps} == stamps
 
 
 def test_sigterm_checkpoints_a_training_run_and_says_how_to_resume(tmp_path):
