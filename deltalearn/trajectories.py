@@ -28,10 +28,26 @@ def record_trajectory(net: nn.Module, env_name: str, seed: int = 0, epsilon: flo
             "score": np.array(res.scores[0]), "seed": np.array(seed)}
 
 
+def _is_frame_stack(obs: np.ndarray) -> bool:
+    """True when each observation is the previous one shifted by one frame (a stacked-frame episode)."""
+    return obs.ndim == 4 and len(obs) > 1 and obs.shape[1] > 1 and bool(np.array_equal(obs[1:, :-1], obs[:-1, 1:]))
+
+
 def save_trajectory(traj: dict[str, np.ndarray], name: str, directory: str | os.PathLike | None = None) -> Path:
-    """Write a trajectory as compressed ``<name>.npz`` (atomically)."""
+    """Write a trajectory as compressed ``<name>.npz`` (atomically).
+
+    Stacked Atari observations repeat every frame four times; such an episode is stored as
+    its sequence of distinct frames (``frames``), a quarter of the size, and
+    :func:`load_trajectory` rebuilds the identical ``observations``.
+    """
     path = Path(directory or DATA_DIR) / f"{name}.npz"
-    atomic_write(path, lambda tmp: np.savez_compressed(open(tmp, "wb"), **traj))
+    data = dict(traj)
+    obs = np.asarray(data["observations"])
+    if _is_frame_stack(obs):
+        del data["observations"]
+        data["frames"] = np.concatenate([obs[0], obs[1:, -1]])
+        data["stack"] = np.array(obs.shape[1])
+    atomic_write(path, lambda tmp: np.savez_compressed(open(tmp, "wb"), **data))
     return path
 
 
@@ -45,4 +61,9 @@ def load_trajectory(name: str, directory: str | os.PathLike | None = None) -> di
     if not path.is_file():
         raise ValueError(f"no shipped trajectory {name!r}; shipped: {', '.join(trajectory_names(directory)) or 'none'}")
     with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        data = {k: z[k] for k in z.files}
+    if "frames" in data:
+        frames, stack = data.pop("frames"), int(data.pop("stack"))
+        windows = np.lib.stride_tricks.sliding_window_view(frames, stack, axis=0)  # (steps, H, W, stack)
+        data["observations"] = np.ascontiguousarray(np.moveaxis(windows, -1, 1))
+    return data

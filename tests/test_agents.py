@@ -125,3 +125,21 @@ def test_every_pruned_agent_has_its_sparsity_and_a_known_teacher():
         # fp16 storage can only add zeros (weights below fp16's range), never remove one
         assert all(z >= round(s * n) and z <= round(s * n) + n // 1000 for z, n in zip(rep.zeros, rep.sizes)), rep
         assert rec["teacher_sha256"] == dl.agent_record(rec["teacher"])["sha256"]
+
+
+def test_stacked_frame_trajectories_are_stored_once_per_frame_and_load_identically(tmp_path):
+    shipped = dl.load_trajectory("Breakout")
+    obs = shipped["observations"][:200]
+    traj = {**shipped, "observations": obs}
+    path = dl.save_trajectory(traj, "stacked", tmp_path)
+    with np.load(path) as z:
+        assert "observations" not in z.files and z["frames"].shape == (len(obs) + 3, 84, 84)
+    back = dl.load_trajectory("stacked", tmp_path)
+    assert back["observations"].dtype == obs.dtype and np.array_equal(back["observations"], obs)
+    assert np.array_equal(back["actions"], shipped["actions"])
+    # anything that is not one stacked episode is stored as it is
+    mixed = obs[[0, 5, 9]]
+    dl.save_trajectory({**traj, "observations": mixed}, "mixed", tmp_path)
+    with np.load(tmp_path / "mixed.npz") as z:
+        assert "observations" in z.files
+    assert np.array_equal(dl.load_trajectory("mixed", tmp_path)["observations"], mixed)
