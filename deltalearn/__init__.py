@@ -18,7 +18,7 @@ from .agents import (AGENT_DIR, agent_names, agent_record, export_agent, fp16_ro
                      pruned_agent_name)
 from .reproduce import (FIGURE_GAMES, FIRST_PERSON_GAMES, INPUT_THRESHOLDS, OUR_SETTINGS, PAPER_RANGES,
                         PAPER_SETTINGS, SIX_GAMES, SWEEP_THRESHOLDS, reproduce_sweep, reproduce_table,
-                        six_game_summary, summary_row, sweep_thresholds, table_setting, write_results)
+                        layer_shares, six_game_summary, summary_row, sweep_thresholds, table_setting, write_results)
 from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names
 
 __version__ = "0.1.0"

@@ -28,7 +28,7 @@ from .status import status_line
 
 __all__ = ["PAPER_SETTINGS", "PAPER_RANGES", "SIX_GAMES", "FIGURE_GAMES", "FIRST_PERSON_GAMES", "OUR_SETTINGS",
            "SWEEP_THRESHOLDS", "INPUT_THRESHOLDS", "sweep_thresholds", "table_setting",
-           "reproduce_table", "reproduce_sweep", "summary_row", "six_game_summary", "write_results"]
+           "reproduce_table", "reproduce_sweep", "summary_row", "layer_shares", "six_game_summary", "write_results"]
 
 Threshold = float | list[float] | None
 
@@ -185,6 +185,19 @@ def summary_row(table: dict[str, Any], pruned_weights: float | None = None) -> d
         "paired_difference": float(diff.mean()),
         "paired_se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
     }
+
+
+def layer_shares(table: dict[str, Any], variant: str = "delta", reference: str = "dense") -> dict[str, float]:
+    """Per layer, one variant's significant products per decision as a share of another's.
+
+    Per decision, not per total: the variants play the same seeds, but a different policy can make
+    its episodes longer or shorter, and totals would mix that into the share.
+    """
+    v = table["variants"]
+    a, b = v[variant], v[reference]
+    return {la["name"]: (la["significant"] / a["steps"]) / (lb["significant"] / b["steps"])
+            if lb["significant"] else float("nan")
+            for la, lb in zip(a["layers"], b["layers"])}
 
 
 def six_game_summary(directory: str | os.PathLike) -> list[dict[str, Any]]:

@@ -117,6 +117,18 @@ def test_our_settings_follow_the_stated_rule_on_the_shipped_records():
         assert threshold == 0.001
 
 
+def test_layer_shares_are_per_decision():
+    def variant(steps, counts):
+        return {"steps": steps, "layers": [{"name": f"l{i}", "significant": c} for i, c in enumerate(counts)]}
+
+    # the delta variant played twice as many decisions for the same totals: half the work per decision
+    table = {"variants": {"dense": variant(100, [40, 10]), "delta": variant(200, [40, 2])}}
+    assert dl.layer_shares(table) == pytest.approx({"l0": 0.5, "l1": 0.1})
+    assert dl.layer_shares(table, "dense") == {"l0": 1.0, "l1": 1.0}
+    dead = {"variants": {"dense": variant(1, [0]), "delta": variant(1, [0])}}
+    assert np.isnan(dl.layer_shares(dead)["l0"])
+
+
 def test_summary_row_reads_the_four_variants_and_pairs_the_scores():
     net = dl.load_agent("CartPole-v1")
     tab = reproduce_table(net, "CartPole-v1", sparsity=0.7, threshold=0.05, episodes=3, seed=2, progress=False,
