@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 __all__ = ["main"]
 
+DEFAULT_REPRODUCE_OUT = "book/data/reproduce"
+
 
 def _threshold(text: str) -> float | list[float]:
     from .delta import check_threshold
@@ -194,10 +196,14 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
     from .agents import agent_names, agent_record, load_agent, load_network_file, pruned_agent_name
     from .counting import layer_names
-    from .reproduce import (OUR_SETTINGS, PAPER_SETTINGS, SIX_GAMES, reproduce_sweep, reproduce_table,
-                            six_game_summary, sweep_thresholds, table_setting, write_results)
+    from .reproduce import (HELDOUT_EPISODES, HELDOUT_SEED, OUR_SETTINGS, PAPER_SETTINGS, SIX_GAMES,
+                            reproduce_sweep, reproduce_table, six_game_summary, sweep_thresholds, table_setting,
+                            write_results)
     from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names
 
+    if a.heldout:  # the reporting episodes: tables only, no one-shot row, in their own folder
+        a.seed, a.episodes, a.parts = HELDOUT_SEED, HELDOUT_EPISODES, ["table"]
+        a.out = a.out if a.out != DEFAULT_REPRODUCE_OUT else "book/data/heldout"
     _set_threads(a.threads)
     # by default every one of the paper's games that has a shipped agent and a table setting
     games = a.game or [g for g in SIX_GAMES if g in agent_names() and g in {*PAPER_SETTINGS, *OUR_SETTINGS}]
@@ -220,7 +226,8 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
             pruned, pruned_from = tuned[s], pruned_agent_name(game, s)
         if "table" in a.parts:
             table = reproduce_table(net, game, s, t, episodes=a.episodes, seed=a.seed, pruned_net=pruned,
-                                    progress=not a.no_progress)
+                                    progress=not a.no_progress, one_shot=not a.heldout,
+                                    partial=Path(a.out) / f"{game}_table.partial.json")
             table["pruned_from"] = pruned_from
             write_results(a.out, f"{game}_table", table)
             print(f"{game}: wrote {a.out}/{game}_table.json")
@@ -345,7 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trajectory-dir", default=None, help="where recorded episodes live (default: the package's)")
     r.add_argument("--parts", nargs="+", choices=("table", "sweep"), default=["table", "sweep"],
                    help="what to compute (default both): two runs with one part each can share two cores")
-    r.add_argument("--out", default="book/data/reproduce")
+    r.add_argument("--heldout", action="store_true",
+                   help="report on the held-out episodes: tables only, 30 episodes from seed 1000 (settings are "
+                   "chosen on seeds 0-9), written to book/data/heldout unless --out says otherwise")
+    r.add_argument("--out", default=DEFAULT_REPRODUCE_OUT)
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--threads", type=int, default=0,
                    help="torch threads (default 0: torch's default); 1 is faster beside a training run")

@@ -27,7 +27,7 @@ from .pruning import check_sparsity, prune_network
 from .status import status_line
 
 __all__ = ["PAPER_SETTINGS", "PAPER_RANGES", "SIX_GAMES", "FIGURE_GAMES", "FIRST_PERSON_GAMES", "OUR_SETTINGS",
-           "SWEEP_THRESHOLDS", "INPUT_THRESHOLDS", "sweep_thresholds", "table_setting",
+           "SWEEP_THRESHOLDS", "TUNING_SEED", "TUNING_EPISODES", "HELDOUT_SEED", "HELDOUT_EPISODES", "INPUT_THRESHOLDS", "sweep_thresholds", "table_setting",
            "reproduce_table", "reproduce_sweep", "summary_row", "layer_shares", "six_game_summary", "write_results"]
 
 Threshold = float | list[float] | None
@@ -73,6 +73,14 @@ OUR_SETTINGS: dict[str, tuple[float, float]] = {"Robotank": (0.9, 0.001), "Battl
 distilled agent (0.5, 0.79 or 0.9) whose 10-episode score stays within the paired standard error of
 the dense agent's; threshold: the paper's 0.001 unless the game's sweep shows it costs the score."""
 
+TUNING_SEED, TUNING_EPISODES = 0, 10
+"""Episodes on which settings are chosen (environment seeds 0-9): the agents' manifest records, the
+sweeps, and the rule behind :data:`OUR_SETTINGS` all use these."""
+
+HELDOUT_SEED, HELDOUT_EPISODES = 1000, 30
+"""Episodes the headline tables are reported on (environment seeds 1000-1029): no setting, agent or
+threshold was chosen on them, so a score difference measured there is not tuned to them."""
+
 PAPER_RANGES = {"pruning": (2, 8), "delta": (10, 50), "both": (20, 150)}
 """Reduction ranges the paper reports (arXiv version): the paper's figures, not ours."""
 
@@ -95,31 +103,49 @@ def _variants(sparsity: float, threshold: Threshold) -> list[tuple[str, float, f
 
 def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float | list[float], episodes: int = 10,
                     seed: int = 0, pruned_net: QNetwork | None = None, progress: bool = True,
-                    max_steps: int | None = None) -> dict[str, Any]:
+                    max_steps: int | None = None, one_shot: bool = True,
+                    partial: str | os.PathLike | None = None) -> dict[str, Any]:
     """Scores and per-layer multiplications of the four variants on the same episodes.
 
     ``pruned_net`` is a fine-tuned pruned network to use for the pruned variants (already at
-    ``sparsity``); without it the dense net is pruned one-shot. With it, a fifth row,
-    ``pruned one-shot``, shows the score the dense net keeps when pruned without fine-tuning.
+    ``sparsity``); without it the dense net is pruned one-shot. With it (and ``one_shot``), a
+    fifth row, ``pruned one-shot``, shows the score the dense net keeps when pruned without
+    fine-tuning. ``partial`` names a JSON file that keeps each finished variant, so a long
+    table (30 episodes of Robotank take an hour) killed midway resumes where it stopped.
     """
     check_sparsity(sparsity)
-    rows = {}
     variants = _variants(sparsity, threshold)
-    if pruned_net is not None:  # what fine-tuning bought: the dense net pruned in one shot, for comparison
+    if pruned_net is not None and one_shot:  # what fine-tuning bought: the dense net pruned in one shot
         variants.append(("pruned one-shot", sparsity, None))
+    key = {"env": env, "sparsity": sparsity, "threshold": threshold, "episodes": episodes, "seed": seed,
+           "max_steps": max_steps, "fine_tuned": pruned_net is not None}
+    rows: dict[str, Any] = {}
+    if partial is not None and Path(partial).exists():
+        saved = json.loads(Path(partial).read_text())
+        if saved.get("key") == key:  # only rows of exactly this table; anything else starts afresh
+            rows = saved["variants"]
     for name, s, t in tqdm(variants, desc=f"{env} variants", disable=not progress):
+        if name in rows:
+            continue
         base = pruned_net if (s > 0 and pruned_net is not None and name != "pruned one-shot") else net
         res = evaluate(base, env, episodes=episodes, seed=seed, sparsity=0.0 if base is pruned_net else s,
                        threshold=t, max_steps=max_steps)
         d = res.to_dict()
         d["variant"], d["sparsity"], d["threshold"] = name, s, t
         rows[name] = d
+        if partial is not None:
+            write_results(Path(partial).parent, Path(partial).stem, {"key": key, "variants": rows})
         if not progress:
             status_line(f"{env} {name}", f"score {res.mean_score:.1f}", f"{res.report.reduction:.1f}x fewer")
     pruned = pruned_net if pruned_net is not None else prune_network(plain_copy(net), sparsity)
-    return {"env": env, "sparsity": sparsity, "threshold": threshold, "episodes": episodes, "seed": seed,
-            "fine_tuned": pruned_net is not None, "variants": rows,
-            "pruned_weights_reduction": count_weights(pruned).reduction}
+    out = {"env": env, "sparsity": sparsity, "threshold": threshold, "episodes": episodes, "seed": seed,
+           "fine_tuned": pruned_net is not None, "variants": {n: rows[n] for n, _, _ in variants},
+           "pruned_weights_reduction": count_weights(pruned).reduction}
+    if max_steps is not None:
+        out["max_steps"] = max_steps
+    if partial is not None and Path(partial).exists():
+        os.unlink(partial)
+    return out
 
 
 def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsities: Sequence[float],
