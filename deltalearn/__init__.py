@@ -16,7 +16,9 @@ from .replay import Batch, ReplayBuffer
 from .distill import DistillConfig, prune_and_distill
 from .agents import (AGENT_DIR, agent_names, agent_record, export_agent, fp16_rounded, load_agent, load_network_file,
                      pruned_agent_name)
-from .reproduce import (FIGURE_GAMES, FIRST_PERSON_GAMES, INPUT_THRESHOLDS, OUR_SETTINGS, PAPER_RANGES,
+from .stats import PairedComparison, paired_comparison
+from .reproduce import (FIGURE_GAMES, FIRST_PERSON_GAMES, HELDOUT_EPISODES, HELDOUT_SEED, INPUT_THRESHOLDS,
+                        TUNING_EPISODES, TUNING_SEED, OUR_SETTINGS, PAPER_RANGES,
                         PAPER_SETTINGS, SIX_GAMES, SWEEP_THRESHOLDS, reproduce_sweep, reproduce_table,
                         layer_shares, six_game_summary, summary_row, sweep_thresholds, table_setting, write_results)
 from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names

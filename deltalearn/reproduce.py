@@ -21,9 +21,11 @@ from tqdm.auto import tqdm
 from .agents import agent_names, load_agent
 from .checkpoint import atomic_write
 from .counting import count_weights
+from .envs import check_actions
 from .evaluation import evaluate, replay
 from .nets import QNetwork, plain_copy
 from .pruning import check_sparsity, prune_network
+from .stats import paired_comparison
 from .status import status_line
 
 __all__ = ["PAPER_SETTINGS", "PAPER_RANGES", "SIX_GAMES", "FIGURE_GAMES", "FIRST_PERSON_GAMES", "OUR_SETTINGS",
@@ -114,6 +116,9 @@ def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float |
     table (30 episodes of Robotank take an hour) killed midway resumes where it stopped.
     """
     check_sparsity(sparsity)
+    check_actions(net, env)
+    if pruned_net is not None:
+        check_actions(pruned_net, env, "the pruned network")
     variants = _variants(sparsity, threshold)
     if pruned_net is not None and one_shot:  # what fine-tuning bought: the dense net pruned in one shot
         variants.append(("pruned one-shot", sparsity, None))
@@ -161,6 +166,9 @@ def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsitie
     with the dense ``net``'s actions.
     """
     pruned_nets = pruned_nets or {}
+    if episodes > 0:  # closed-loop cells play the game: fail before the replays, not after
+        for n in [net, *pruned_nets.values()]:
+            check_actions(n, env)
     dense_actions = replay(net, observations).actions
     out = []
     grid = [(s, t) for s in sparsities for t in thresholds]
@@ -191,25 +199,35 @@ def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsitie
 def summary_row(table: dict[str, Any], pruned_weights: float | None = None) -> dict[str, Any]:
     """One game's line of the six-game summary, from a :func:`reproduce_table` result.
 
-    Reductions are "x fewer than all products" (the dense network's every product, per
-    decision). ``pruned_weights`` is the pruned network's weights-only reduction
-    (``count_weights(net).reduction``), the count the paper's pruning range appears to use.
-    The score difference is paired: the variants played the same seeded episodes.
+    Reductions are given against two baselines, per decision: ``pruning``, ``delta`` and
+    ``both`` against all the dense network's products (the paper's "unoptimized network"),
+    and ``*_vs_significant`` against the dense network's own significant products (its ReLU
+    zeros already skipped), which is what the optimisation itself saves. ``pruned_weights``
+    is the pruned network's weights-only reduction (``count_weights(net).reduction``), the
+    count the paper's pruning range appears to use. The score comparison is paired (the
+    variants played the same seeded episodes), with a 95% t interval.
     """
     v = table["variants"]
     dense, opt = v["dense"], v["pruned+delta"]
-    diff = np.asarray(opt["scores"], float) - np.asarray(dense["scores"], float)
-    n = len(diff)
+    per_decision = {k: v[k]["total_significant"] / v[k]["steps"] for k in ("dense", "pruned", "delta", "pruned+delta")}
+    cmp = paired_comparison(dense["scores"], opt["scores"]) if len(dense["scores"]) > 1 else None
     return {
-        "game": table["env"], "episodes": n,
+        "game": table["env"], "episodes": len(dense["scores"]), "seed": table.get("seed", 0),
         "dense_per_decision": dense["total_dense"] / dense["steps"],
+        "dense_significant_per_decision": per_decision["dense"],
         "sparsity": table["sparsity"], "threshold": table["threshold"],
         "pruning_weights": pruned_weights, "pruning": v["pruned"]["reduction"],
         "delta": v["delta"]["reduction"], "both": opt["reduction"],
+        **{f"{name}_vs_significant": per_decision["dense"] / per_decision[k]
+           for name, k in (("pruning", "pruned"), ("delta", "delta"), ("both", "pruned+delta"))},
         "dense_mean": dense["mean_score"], "dense_std": dense["std_score"], "dense_hns": dense.get("hns"),
         "optimized_mean": opt["mean_score"], "optimized_std": opt["std_score"], "optimized_hns": opt.get("hns"),
-        "paired_difference": float(diff.mean()),
-        "paired_se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+        "paired_difference": float(np.mean(np.subtract(opt["scores"], dense["scores"]))),
+        "paired_se": cmp.paired_se if cmp else float("nan"),
+        "unpaired_se": cmp.unpaired_se if cmp else float("nan"),
+        "ci95_low": cmp.ci_low if cmp else float("nan"), "ci95_high": cmp.ci_high if cmp else float("nan"),
+        "verdict": cmp.verdict if cmp else "too few episodes",
+        "largest_unseen_loss": cmp.largest_unseen_loss if cmp else float("nan"),
     }
 
 

@@ -144,6 +144,50 @@ def test_summary_row_reads_the_four_variants_and_pairs_the_scores():
     assert row["paired_difference"] == pytest.approx(diff.mean())
     assert row["paired_se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(3))
     assert row["dense_hns"] is None and row["episodes"] == 3
+    c = dl.paired_comparison(v["dense"]["scores"], v["pruned+delta"]["scores"])
+    assert (row["ci95_low"], row["ci95_high"], row["verdict"]) == (c.ci_low, c.ci_high, c.verdict)
+    # the second baseline: the dense network's own significant products, per decision
+    own = v["dense"]["total_significant"] / v["dense"]["steps"]
+    assert row["dense_significant_per_decision"] == own
+    for name, key in (("pruning", "pruned"), ("delta", "delta"), ("both", "pruned+delta")):
+        assert row[f"{name}_vs_significant"] == pytest.approx(own / (v[key]["total_significant"] / v[key]["steps"]))
+        # ReLU zeros are skipped by both, so the own-significant baseline gives the smaller factor
+        assert row[f"{name}_vs_significant"] < row[name]
+
+
+def test_a_killed_table_resumes_from_its_finished_variants(tmp_path, monkeypatch):
+    import deltalearn.reproduce as R
+
+    net = dl.load_agent("CartPole-v1")
+    partial = tmp_path / "CartPole-v1_table.partial.json"
+    args = dict(sparsity=0.5, threshold=0.01, episodes=2, seed=1000, progress=False, max_steps=50, partial=partial)
+    real, calls = R.evaluate, []
+
+    def dies_on_the_third(*a, **k):
+        calls.append(k.get("threshold"))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(R, "evaluate", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce_table(net, "CartPole-v1", **args)
+    assert set(json.loads(partial.read_text())["variants"]) == {"dense", "pruned"}
+    monkeypatch.setattr(R, "evaluate", real)
+    counted = []
+    monkeypatch.setattr(R, "evaluate", lambda *a, **k: counted.append(1) or real(*a, **k))
+    resumed = reproduce_table(net, "CartPole-v1", **args)
+    assert len(counted) == 2 and not partial.exists()  # only delta and pruned+delta were played again
+    monkeypatch.setattr(R, "evaluate", real)
+    fresh = reproduce_table(net, "CartPole-v1", **{**args, "partial": None})
+    assert resumed["variants"] == fresh["variants"]
+    # a partial file of another table (other seed) is not reused
+    write = dl.write_results(tmp_path, partial.stem, {"key": {"seed": 0}, "variants": fresh["variants"]})
+    assert write[0] == partial
+    counted.clear()
+    monkeypatch.setattr(R, "evaluate", lambda *a, **k: counted.append(1) or real(*a, **k))
+    reproduce_table(net, "CartPole-v1", **args)
+    assert len(counted) == 4
 
 
 def test_six_game_summary_of_the_committed_tables():
