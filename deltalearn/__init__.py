@@ -7,15 +7,16 @@ from .counting import (LayerCount, MultiplicationReport, combine, count_dense, c
                        dense_counts, dense_products, layer_names, significant_products, weight_layers)
 from .delta import DeltaNetwork, check_threshold
 from .dqn import DQNConfig, TrainResult, copy_weights, load_state, select_device, train
-from .envs import ENV_NAMES, GAMES, GameInfo, game_info, hns, is_atari, make_env, make_vector_env
+from .envs import (ENV_NAMES, GAMES, GameInfo, action_count, check_actions, game_info, hns, is_atari, make_env,
+                   make_vector_env, network_actions)
 from .evaluation import EvalResult, Policy, ReplayResult, default_epsilon, evaluate, make_policy, replay
 from .nets import MODELS, NetworkSpec, QNetwork, build_network, mlp_qnet, nature_dqn, plain_copy
 from .pruning import SparsityReport, check_sparsity, is_pruned, make_permanent, prune_network, sparsity_report
 from .replay import Batch, ReplayBuffer
 
 from .distill import DistillConfig, prune_and_distill
-from .agents import (AGENT_DIR, agent_names, agent_record, export_agent, fp16_rounded, load_agent, load_network_file,
-                     pruned_agent_name)
+from .agents import (AGENT_DIR, agent_names, agent_record, agent_table, export_agent, fp16_rounded, load_agent,
+                     load_agent_or_file, load_network_file, pruned_agent_name)
 from .stats import PairedComparison, paired_comparison
 from .reproduce import (FIGURE_GAMES, FIRST_PERSON_GAMES, HELDOUT_EPISODES, HELDOUT_SEED, INPUT_THRESHOLDS,
                         TUNING_EPISODES, TUNING_SEED, OUR_SETTINGS, PAPER_RANGES,

@@ -7,6 +7,7 @@ hyperparameters, seed, evaluation score), so a loaded agent is exactly the one m
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -18,7 +19,8 @@ import torch
 from .checkpoint import CheckpointError, atomic_write, check_spec, load_checkpoint, save_checkpoint
 from .nets import NetworkSpec, QNetwork, build_network
 
-__all__ = ["AGENT_DIR", "agent_names", "agent_record", "load_agent", "export_agent", "fp16_rounded", "pruned_agent_name", "load_network_file", "sha256"]
+__all__ = ["AGENT_DIR", "agent_names", "agent_record", "load_agent", "export_agent", "fp16_rounded", "pruned_agent_name",
+           "load_network_file", "load_agent_or_file", "agent_table", "sha256"]
 
 AGENT_DIR = Path(__file__).parent / "agents"
 
@@ -44,8 +46,11 @@ def agent_names(directory: str | os.PathLike | None = None) -> list[str]:
 def agent_record(name: str, directory: str | os.PathLike | None = None) -> dict[str, Any]:
     """The manifest entry of a shipped agent: hash, training record, evaluation."""
     man = _manifest(Path(directory) if directory else AGENT_DIR)
-    if name not in man:
-        raise ValueError(f"no shipped agent {name!r}; shipped agents: {', '.join(sorted(man)) or 'none'}")
+    if name not in man:  # a short line: the full list is a command away, not 29 names on one line
+        close = difflib.get_close_matches(name, list(man), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"no shipped agent {name!r}; {hint}`deltalearn agents` lists the {len(man)} shipped ones, "
+                         "or give a path to a .pt network file")
     return man[name]
 
 
@@ -70,6 +75,37 @@ def load_agent(name: str, directory: str | os.PathLike | None = None) -> QNetwor
         raise CheckpointError(f"agent file {str(path)!r} does not match its manifest "
                               f"(sha256 {digest[:12]}..., expected {rec['sha256'][:12]}...)")
     return load_network_file(path)
+
+
+def load_agent_or_file(agent: str | os.PathLike, directory: str | os.PathLike | None = None) -> QNetwork:
+    """A shipped agent by name, else a network file by path (``*.pt``, or any file that exists).
+
+    What ``--agent`` and ``--init`` take; anything else is the unknown-name error of
+    :func:`agent_record`, which points to ``deltalearn agents``.
+    """
+    text = os.fspath(agent)
+    if text not in agent_names(directory) and (text.endswith(".pt") or Path(text).is_file()):
+        return load_network_file(text)
+    return load_agent(text, directory)  # a shipped name, or the error for an unknown one
+
+
+def agent_table(directory: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """One row per shipped agent, for listing: name, game, actions, its manifest score (and
+    held-out score where measured) and per-layer sparsity.
+
+    ``score`` is the record's ``evaluation`` (10 seeded episodes, those settings were chosen on);
+    ``heldout_score`` is ``heldout_evaluation``'s mean, ``None`` until one is recorded.
+    ``sparsity`` is 0 for a dense agent and the record's ``config.sparsity`` for a pruned one.
+    """
+    d = Path(directory) if directory else AGENT_DIR
+    rows = []
+    for name, rec in sorted(_manifest(d).items()):
+        ev, held = rec.get("evaluation") or {}, rec.get("heldout_evaluation") or {}
+        rows.append({"name": name, "game": rec.get("env"), "actions": rec.get("spec", {}).get("n_actions"),
+                     "score": ev.get("mean_score"), "episodes": ev.get("episodes"),
+                     "heldout_score": held.get("mean_score"), "heldout_episodes": held.get("episodes"),
+                     "sparsity": float((rec.get("config") or {}).get("sparsity", 0.0))})
+    return rows
 
 
 def pruned_agent_name(game: str, sparsity: float) -> str:

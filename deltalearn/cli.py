@@ -5,9 +5,13 @@ import argparse
 import ast
 import json
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from .nets import QNetwork
 
 __all__ = ["main"]
 
@@ -66,8 +70,24 @@ def _set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def _network(source: str | None, game: str, option: str = "--agent") -> tuple[QNetwork, dict[str, Any] | None]:
+    """The network an option names (a shipped agent, or a ``.pt`` file; by default ``game``'s
+    shipped agent) with its manifest record (``None`` for a file), checked to be made for
+    ``game`` before anything plays."""
+    from .agents import agent_names, agent_record, load_agent_or_file
+    from .envs import check_actions
+
+    name = source or game
+    net = load_agent_or_file(name)
+    rec = agent_record(name) if name in agent_names() else None
+    if rec is not None and rec.get("env", game) != game:
+        raise ValueError(f"{option} {name} plays {rec['env']}, not {game}")
+    check_actions(net, game, f"agent {name!r}" if rec is not None else f"the network in {name}")
+    return net, rec
+
+
 def cmd_train(a: argparse.Namespace) -> int:
-    from .agents import agent_names, export_agent, fp16_rounded, load_agent, load_network_file
+    from .agents import export_agent, fp16_rounded
     from .checkpoint import load_checkpoint
     from .dqn import DQNConfig, train
     from .envs import is_atari
@@ -78,11 +98,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         over["total_steps"] = a.steps
     over["seed"] = a.seed
     cfg = DQNConfig.atari(a.env, **over) if is_atari(a.env) else DQNConfig.cartpole(env=a.env, **over)
-    init = None
-    if a.init:
-        init = load_agent(a.init) if a.init in agent_names() else load_network_file(a.init)
+    init = _network(a.init, cfg.env, "--init")[0] if a.init else None
     tag = f"-s{cfg.sparsity:g}" if cfg.sparsity > 0 else ("-finetune" if init is not None else "")
-    run_dir = a.run_dir or f"runs/{a.env}{tag}-seed{a.seed}"
+    a.run_dir = run_dir = a.run_dir or f"runs/{a.env}{tag}-seed{a.seed}"  # main's interrupt message names it
     res = train(cfg, run_dir, resume=not a.restart, progress=not a.no_progress, init=init)
     # the shipped file holds fp16 weights: evaluate exactly what ships, so the record reproduces
     net = fp16_rounded(res.best_net) if a.export else res.best_net
@@ -112,7 +130,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    from .agents import agent_record, export_agent, fp16_rounded, load_agent, pruned_agent_name
+    from .agents import export_agent, fp16_rounded, pruned_agent_name, sha256
     from .distill import DistillConfig, prune_and_distill
     from .evaluation import evaluate
 
@@ -120,14 +138,15 @@ def cmd_distill(a: argparse.Namespace) -> int:
     if a.stages:
         cfg.stages = tuple(a.stages)
     name = a.agent or a.game
-    teacher = load_agent(name)
-    run_dir = a.run_dir or f"runs/{a.game}-distill-seed{a.seed}"
+    teacher, teacher_rec = _network(a.agent, a.game)
+    a.run_dir = run_dir = a.run_dir or f"runs/{a.game}-distill-seed{a.seed}"  # main's interrupt message names it
     snaps, hist = prune_and_distill(teacher, a.game, cfg, run_dir=run_dir, progress=not a.no_progress)
     keep = a.keep or list(cfg.stages)
     missing = [k for k in keep if k not in snaps]
     if missing:
         raise ValueError(f"--keep {missing} are not among the stages {list(cfg.stages)}")
-    teacher_eval = agent_record(name).get("evaluation", {})
+    teacher_eval = (teacher_rec or {}).get("evaluation", {})
+    teacher_sha = teacher_rec["sha256"] if teacher_rec is not None else sha256(name)
     out = []
     for s in keep:
         net = fp16_rounded(snaps[s])  # what ships
@@ -138,7 +157,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
         out.append(row)
         if a.export:
             export_agent(net, pruned_agent_name(a.game, s), {
-                "env": a.game, "teacher": name, "teacher_sha256": agent_record(name)["sha256"],
+                "env": a.game, "teacher": name, "teacher_sha256": teacher_sha,
                 "teacher_evaluation": teacher_eval, "config": {"sparsity": s, "distill": cfg.to_dict()},
                 "stage": row["stage"], "seed": cfg.seed,
                 "evaluation": {k: d[k] for k in ("episodes", "seed", "epsilon", "scores", "mean_score", "std_score")
@@ -150,16 +169,18 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .agents import agent_record, load_agent, load_network_file
+    from .agents import load_network_file
+    from .envs import check_actions
     from .evaluation import evaluate
 
     if a.checkpoint and a.agent:
         raise ValueError("give --agent or --checkpoint, not both")
-    plays = agent_record(a.agent).get("env", a.game) if a.agent else a.game
-    if plays != a.game:
-        raise ValueError(f"agent {a.agent!r} plays {plays}, not --game {a.game}")
     _set_threads(a.threads)
-    net = load_network_file(a.checkpoint) if a.checkpoint else load_agent(a.agent or a.game)
+    if a.checkpoint:
+        net = load_network_file(a.checkpoint)
+        check_actions(net, a.game, f"the network in {a.checkpoint}")
+    else:
+        net = _network(a.agent, a.game)[0]
     res = evaluate(net, a.game, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon,
                    sparsity=a.sparsity, threshold=a.threshold, progress=not a.json and not a.no_progress)
     d = res.to_dict()
@@ -196,6 +217,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
     from .agents import agent_names, agent_record, load_agent, load_network_file, pruned_agent_name
     from .counting import layer_names
+    from .envs import check_actions
     from .reproduce import (HELDOUT_EPISODES, HELDOUT_SEED, OUR_SETTINGS, PAPER_SETTINGS, SIX_GAMES,
                             reproduce_sweep, reproduce_table, six_game_summary, sweep_thresholds, table_setting,
                             write_results)
@@ -209,6 +231,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     games = a.game or [g for g in SIX_GAMES if g in agent_names() and g in {*PAPER_SETTINGS, *OUR_SETTINGS}]
     if not games:
         raise ValueError(f"no shipped agent for any of {', '.join(SIX_GAMES)}; name a game with --game")
+    if a.pruned_checkpoint and "table" in a.parts:  # one file for every game: it must fit each before any plays
+        for game in games:
+            check_actions(load_network_file(a.pruned_checkpoint), game, f"the network in {a.pruned_checkpoint}")
     for game in games:
         if a.sparsity is None or a.threshold is None:
             s, t = table_setting(game)
@@ -255,6 +280,38 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agents(a: argparse.Namespace) -> int:
+    from .agents import agent_table
+
+    rows = agent_table()
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    def scores(label: str, key: str, episodes: str) -> tuple[str, list[str], str]:
+        # the usual episode count goes in the header, "score (10 ep)"; a row with another says so
+        counts = [r[episodes] for r in rows if r[key] is not None]
+        usual = max(set(counts), key=counts.count) if counts else None
+        return (label if usual is None else f"{label} ({usual} ep)",
+                [num(r[key], ".1f") + (f" ({r[episodes]} ep)" if r[key] is not None and r[episodes] != usual else "")
+                 for r in rows], ">")
+
+    cols: list[tuple[str, list[str], str]] = [
+        ("name", [r["name"] for r in rows], "<"), ("game", [str(r["game"]) for r in rows], "<"),
+        ("actions", [num(r["actions"], "d") for r in rows], ">"), scores("score", "score", "episodes")]
+    if any(r["heldout_score"] is not None for r in rows):  # a column only once some agent has one
+        cols.append(scores("held-out", "heldout_score", "heldout_episodes"))
+    cols.append(("sparsity", [num(r["sparsity"], "g") for r in rows], ">"))
+    widths = [max(len(h), *(len(c) for c in cells)) for h, cells, _ in cols]
+    for i in range(len(rows) + 1):
+        line = "  ".join(format(h if i == 0 else cells[i - 1], f"{al}{w}") for (h, cells, al), w in zip(cols, widths))
+        print(line.rstrip())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .envs import ENV_NAMES
     from .nets import MODELS
@@ -273,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", default=None, help="checkpoint folder (default runs/ENV-seedS)")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     t.add_argument("--init", metavar="AGENT", default=None,
-                   help="start from a shipped agent (by name) or a network file: with --set sparsity=S this "
-                   "prunes while fine-tuning (default run dir runs/ENV-sS-seedN)")
+                   help="start from a shipped agent (a name from `deltalearn agents`) or a .pt network file: with "
+                   "--set sparsity=S this prunes while fine-tuning (default run dir runs/ENV-sS-seedN)")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override DQNConfig fields, e.g. lr=1e-4")
     t.add_argument("--eval-episodes", type=int, default=10, help="final evaluation episodes")
     t.add_argument("--eval-seed", type=int, default=0)
@@ -288,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "each stage distill the dense agent's action preferences into it on the states it visits. "
                        "Resumable (RUN_DIR/distill.pt); --export ships the stages as <GAME>-pruned-<S>.")
     d.add_argument("--game", required=True, choices=ENV_NAMES, metavar="GAME", help="CartPole-v1 or an Atari game")
-    d.add_argument("--agent", default=None, help="the shipped teacher agent (default: the game's)")
+    d.add_argument("--agent", default=None, help="the teacher: a shipped agent (a name from `deltalearn agents`) or "
+                   "a .pt network file (default: the game's shipped agent)")
     d.add_argument("--stages", type=_sparsity, nargs="+", default=None, help="sparsities in increasing order")
     d.add_argument("--keep", type=_sparsity, nargs="+", default=None, help="stages to evaluate and export (default all)")
     d.add_argument("--seed", type=int, default=0)
@@ -311,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", type=_threshold, default=None,
                    help="delta threshold >= 0, or one per weight layer separated by commas")
     e.add_argument("--epsilon", type=float, default=None, help="default 0.05 for Atari, 0 for CartPole")
-    e.add_argument("--agent", default=None, help="a shipped agent by name, e.g. Breakout-pruned-0.79 "
-                   "(default: the game's dense agent)")
+    e.add_argument("--agent", default=None, help="a shipped agent by name, e.g. Breakout-pruned-0.79 (`deltalearn "
+                   "agents` lists them), or a .pt network file (default: the game's dense agent)")
     e.add_argument("--checkpoint", default=None, help="a network file instead of the shipped agent")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.add_argument("--no-progress", action="store_true")
@@ -360,20 +418,82 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=0,
                    help="torch threads (default 0: torch's default); 1 is faster beside a training run")
     r.set_defaults(func=cmd_reproduce)
+
+    g = sub.add_parser("agents", help="list the shipped agents with their scores and sparsity",
+                       description="One row per shipped agent: name, game, actions (network outputs), mean score "
+                       "of its recorded evaluation, held-out score where one is recorded, per-layer sparsity.")
+    g.add_argument("--json", action="store_true", help="print the rows as JSON")
+    g.set_defaults(func=cmd_agents)
     return p
+
+
+def _written_since(directory: str | None, started: float) -> list[str]:
+    """Files in ``directory`` (not below it) that this run wrote: modified since it started."""
+    d = Path(directory) if directory else None
+    if d is None or not d.is_dir():
+        return []
+    return sorted(str(f) for f in d.iterdir()
+                  if f.is_file() and not f.name.startswith(".") and f.stat().st_mtime >= started)
+
+
+def _interrupted(a: argparse.Namespace, e: KeyboardInterrupt, started: float) -> str:
+    """What a command had done when Ctrl-C (or SIGTERM, in training) stopped it, and what it kept."""
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    how, cause = "interrupted", e  # training turns SIGTERM into KeyboardInterrupt("signal 15")
+    while cause is not None:
+        if str(cause).startswith("signal "):
+            how = f"stopped by {cause}"
+        cause = cause.__cause__
+    if a.command == "evaluate":  # evaluate's KeyboardInterrupt says "after 3 of 10 episodes"
+        return f"{how}{' ' + str(e) if str(e).startswith('after ') else ''}; nothing was written"
+    if a.command == "train":
+        run = getattr(a, "run_dir", None)
+        if run is None or not (Path(run) / "checkpoint.pt").exists():
+            return f"{how} before the first checkpoint; nothing was saved" + (f" in {run}" if run else "")
+        try:
+            step = f" at step {json.loads((Path(run) / 'history.json').read_text())['step']:,}"
+        except (OSError, ValueError, KeyError):
+            step = ""
+        again = "run it again without --restart to resume" if a.restart else "the same command resumes"
+        return f"{how}; the checkpoint{step} is saved in {run}: {again}"
+    if a.command == "distill":
+        run = getattr(a, "run_dir", None)
+        ckpt = Path(run) / "distill.pt" if run else None
+        try:
+            done = [float(s) for s in load_checkpoint(ckpt)["done"]] if ckpt and ckpt.exists() else []
+        except (CheckpointError, KeyError):
+            done = []
+        exported = _written_since(a.export, started)
+        out = f"; exported {', '.join(exported)}" if exported else ""
+        if not done:
+            return f"{how} before the first stage finished; nothing was kept{out}"
+        return (f"{how}; finished stages {', '.join(f'{s:g}' for s in done)} are kept in {ckpt}{out}: "
+                "the same command resumes after them")
+    if a.command == "reproduce":
+        written = [f for f in _written_since(a.out, started) if not f.endswith(".partial.json")]
+        parts = [f"wrote {', '.join(written)}" if written else f"nothing new was written to {a.out}"]
+        for f in sorted(Path(a.out).glob("*_table.partial.json")) if Path(a.out).is_dir() else []:
+            try:
+                names = list(json.loads(f.read_text())["variants"])
+            except (OSError, ValueError, KeyError):
+                continue
+            parts.append(f"finished table variants ({', '.join(names)}) are kept in {f}: the same command "
+                         "resumes them")
+        return f"{how}; " + "; ".join(parts)
+    return f"{how}; nothing was written"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    started = time.time()
     try:
         return int(args.func(args))
     except ValueError as e:  # bad input found past argparse: one clear line, no traceback
         print(f"deltalearn {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: training has checkpointed by now, say how to go on
-        print(f"deltalearn {args.command}: stopped ({e or 'interrupted'})"
-              + ("; the checkpoint is saved: the same command resumes" if args.command == "train" else ""),
-              file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM in training: what was cut short, what was kept
+        print(f"deltalearn {args.command}: {_interrupted(args, e, started)}", file=sys.stderr)
         return 130
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, check_spec, load_checkpoint, save_checkpoint
+from .envs import check_actions
 from .evaluation import evaluate
 from .nets import QNetwork, build_network, copy_weights, plain_copy
 from .pruning import check_sparsity, prune_network, sparsity_report
@@ -128,6 +129,7 @@ def prune_and_distill(teacher: QNetwork, env: str, cfg: DistillConfig | None = N
     """
     cfg = cfg or DistillConfig()
     cfg.validate()
+    check_actions(teacher, env, "the teacher")  # before its first episode, not midway through one
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     teacher = plain_copy(teacher)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, atomic_write, check_spec, load_checkpoint, save_checkpoint
-from .envs import is_atari, make_vector_env
+from .envs import check_actions, is_atari, make_vector_env
 from .evaluation import evaluate
 from .nets import NetworkSpec, QNetwork, build_network, copy_weights, plain_copy
 from .pruning import check_sparsity, prune_network
@@ -231,6 +231,8 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     ``cfg.sparsity > 0`` this is prune-while-fine-tuning (pruned weights stay zero).
     """
     cfg.validate()
+    if init is not None:  # a network for another game: say so before any environment starts
+        check_actions(init, cfg.env, "the init network")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = select_device(cfg.device)

@@ -10,11 +10,17 @@ to [-1, 1]; evaluation plays whole games with unclipped scores.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["GameInfo", "GAMES", "ENV_NAMES", "game_info", "is_atari", "make_env", "make_vector_env", "hns"]
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["GameInfo", "GAMES", "ENV_NAMES", "game_info", "is_atari", "make_env", "make_vector_env", "hns",
+           "action_count", "network_actions", "check_actions"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +123,49 @@ def hns(game: str, score: float) -> float:
     """Human-normalised score: 0 is random play, 1 is the human reference."""
     g = game_info(game)
     return (score - g.random) / (g.human - g.random)
+
+
+@lru_cache(maxsize=None)
+def action_count(name: str) -> int:
+    """How many actions ``name`` has (Atari: its minimal action set), read without playing a frame.
+
+    Built from the same :func:`make_env` as evaluation, so it is exactly the action space a
+    network is played on; cached, since building an Atari environment loads its ROM. The
+    emulator's banner is silenced meanwhile, so a mismatch error stays one line.
+    """
+    _check(name)
+    quiet = name != "CartPole-v1"
+    if quiet:
+        import ale_py
+
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+    try:
+        env = make_env(name)
+        n = int(env.action_space.n)
+        env.close()
+        return n
+    finally:
+        if quiet:
+            ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Info)  # ALE's default
+
+
+def network_actions(net: nn.Module) -> int | None:
+    """How many actions (outputs) a Q-network has: its spec's ``n_actions``, else the width of
+    its last layer with ``out_features``; ``None`` for a module that shows neither."""
+    n = getattr(getattr(net, "spec", None), "n_actions", None)
+    if n is not None:
+        return int(n)
+    widths = [m.out_features for m in net.modules() if hasattr(m, "out_features")]
+    return int(widths[-1]) if widths else None
+
+
+def check_actions(net: nn.Module, name: str, what: str = "the network") -> None:
+    """Raise ValueError unless ``net`` has one output per action of ``name``.
+
+    A net with too many outputs would pick actions the game lacks (the emulator fails
+    mid-episode); one with too few silently never presses some buttons. Both are a network
+    meant for another game, so every entry point that plays a network checks first.
+    """
+    n, want = network_actions(net), action_count(name)
+    if n is not None and n != want:
+        raise ValueError(f"{what} has {n} actions (outputs) but {name} has {want}: give a network made for {name}")

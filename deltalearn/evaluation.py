@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .counting import MultiplicationReport, count_forward, dense_counts, layer_names
 from .delta import DeltaNetwork
-from .envs import hns, is_atari, make_env
+from .envs import check_actions, hns, is_atari, make_env
 from .nets import plain_copy
 from .pruning import check_sparsity, make_permanent, prune_network
 
@@ -124,7 +124,10 @@ def evaluate(net: nn.Module, env_name: str, episodes: int = 10, seed: int = 0,
 
     ``epsilon`` defaults to :func:`default_epsilon`. ``record=True`` keeps every episode's
     observations and actions (for replays). ``max_steps`` caps an episode's length.
+    Raises ValueError before any frame is played if the network's outputs are not the game's
+    actions; a KeyboardInterrupt comes out saying how many episodes had finished.
     """
+    check_actions(policy.net if policy is not None else net, env_name)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     eps = default_epsilon(env_name) if epsilon is None else float(epsilon)
@@ -142,7 +145,7 @@ def evaluate(net: nn.Module, env_name: str, episodes: int = 10, seed: int = 0,
     counts: list[list[np.ndarray]] = [[] for _ in range(episodes)]
     rec_obs: list[list[np.ndarray]] = [[] for _ in range(episodes)]
     rec_act: list[list[int]] = [[] for _ in range(episodes)]
-    next_ep = 0
+    next_ep = finished = 0
     shape = envs[0].observation_space.shape
     pol.reset()
     bar = tqdm(total=episodes, desc=f"{env_name} {pol.variant}", disable=not progress, unit="ep")
@@ -185,8 +188,11 @@ def evaluate(net: nn.Module, env_name: str, episodes: int = 10, seed: int = 0,
                 lengths[ep] += 1
                 obs_now[i] = np.asarray(o)
                 if term or trunc or (max_steps is not None and lengths[ep] >= max_steps):
+                    finished += 1
                     bar.update(1)
                     start(i)
+    except KeyboardInterrupt as e:  # say how far it got, so a caller can tell the user
+        raise KeyboardInterrupt(f"after {finished} of {episodes} episodes") from e
     finally:
         bar.close()
         for e in envs:

@@ -242,3 +242,85 @@ def test_cli_negative_threshold_via_the_real_entry_point():
     assert p.returncode != 0
     assert "threshold" in p.stderr and "-1" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+# --- a network made for another game ----------------------------------------------------
+
+@pytest.fixture
+def no_frames(monkeypatch):
+    """Fail the test if evaluation or training builds an environment to play in: the action
+    check must come first. Reading a game's action count (its own env, no frame) stays allowed."""
+    def refuse(*a, **k):
+        raise AssertionError("an environment was built to play before the action check")
+
+    monkeypatch.setattr(dl.evaluation, "make_env", refuse)
+    monkeypatch.setattr(dl.dqn, "make_vector_env", refuse)
+
+
+@pytest.mark.parametrize("game, n", [("CartPole-v1", 2), ("Breakout", 4), ("SpaceInvaders", 6)])
+def test_action_count_of_a_game(game, n):
+    assert dl.action_count(game) == n
+    with pytest.raises(ValueError, match="'Tetris'"):
+        dl.action_count("Tetris")
+
+
+@pytest.mark.parametrize("n, game, want", [(6, "Breakout", 4), (4, "SpaceInvaders", 6), (4, "CartPole-v1", 2)])
+def test_evaluate_refuses_a_network_for_another_game(no_frames, n, game, want):
+    net = dl.nature_dqn(n)
+    with pytest.raises(ValueError) as e:
+        dl.evaluate(net, game, episodes=1)
+    msg = str(e.value)
+    assert f"has {n} actions" in msg and f"{game} has {want}" in msg
+    with pytest.raises(ValueError, match=f"has {n} actions"):
+        dl.check_actions(net, game)
+    dl.check_actions(dl.nature_dqn(want), game)  # the right size passes
+
+
+def test_action_count_of_a_plain_module():
+    from torch import nn
+
+    assert dl.network_actions(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))) == 3
+    with pytest.raises(ValueError, match="has 3 actions"):
+        dl.check_actions(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), "CartPole-v1")
+
+
+def test_reproduce_table_and_sweep_refuse_a_network_for_another_game(no_frames, monkeypatch):
+    breakout, invaders = dl.nature_dqn(4), dl.nature_dqn(6)
+    with pytest.raises(ValueError, match="has 6 actions .* Breakout has 4"):
+        dl.reproduce_table(invaders, "Breakout", 0.5, 0.001, episodes=1, progress=False)
+    with pytest.raises(ValueError, match="the pruned network has 6 actions"):
+        dl.reproduce_table(breakout, "Breakout", 0.5, 0.001, episodes=1, progress=False, pruned_net=invaders)
+    monkeypatch.setattr(dl.reproduce, "replay", lambda *a, **k: pytest.fail("replayed before the check"))
+    obs = torch.zeros(2, 4, 84, 84, dtype=torch.uint8).numpy()
+    with pytest.raises(ValueError, match="has 4 actions .* SpaceInvaders has 6"):
+        dl.reproduce_sweep(breakout, "SpaceInvaders", obs, [0.0], [None], episodes=1, progress=False)
+    with pytest.raises(ValueError, match="has 6 actions .* Breakout has 4"):
+        dl.reproduce_sweep(breakout, "Breakout", obs, [0.5], [None], episodes=1, progress=False,
+                           pruned_nets={0.5: invaders})
+
+
+def test_distill_and_train_refuse_a_network_for_another_game(no_frames, tmp_path):
+    with pytest.raises(ValueError, match="the teacher has 6 actions .* Breakout has 4"):
+        dl.prune_and_distill(dl.nature_dqn(6), "Breakout", run_dir=tmp_path / "d", progress=False)
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(ValueError, match="the init network has 4 actions .* SpaceInvaders has 6"):
+        dl.train(dl.DQNConfig.atari("SpaceInvaders"), tmp_path / "t", init=dl.nature_dqn(4), progress=False)
+    assert not (tmp_path / "t").exists()
+
+
+def test_unknown_agent_name_is_one_short_line_pointing_to_the_listing():
+    with pytest.raises(ValueError) as e:
+        dl.load_agent_or_file("breakout")
+    msg = str(e.value)
+    assert "'breakout'" in msg and "did you mean 'Breakout'" in msg and "deltalearn agents" in msg
+    assert "\n" not in msg and len(msg) < 200 and "SpaceInvaders" not in msg
+
+
+def test_agent_or_file_loads_either(tmp_path):
+    by_name = dl.load_agent_or_file("CartPole-v1")
+    by_path = dl.load_agent_or_file(dl.AGENT_DIR / "CartPole-v1.pt")
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.equal(by_name(x), by_path(x))
+    with pytest.raises(dl.CheckpointError, match="nothing.pt"):
+        dl.load_agent_or_file(tmp_path / "nothing.pt")

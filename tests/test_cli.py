@@ -197,3 +197,145 @@ def test_sigterm_checkpoints_a_training_run_and_says_how_to_resume(tmp_path):
     assert "the same command resumes" in err and "Traceback" not in err
     assert json.loads((run / "history.json").read_text())["step"] >= 1000
     assert dl.load_checkpoint(run / "checkpoint.pt")["step"] >= 1000
+
+
+# --- bad input that used to get through ------------------------------------------------
+
+@pytest.mark.parametrize("game, checkpoint, n, want", [("Breakout", "SpaceInvaders.pt", 6, 4),
+                                                       ("SpaceInvaders", "Breakout.pt", 4, 6)])
+def test_evaluate_a_network_for_another_game_is_one_line_and_no_play(game, checkpoint, n, want):
+    path = str(dl.AGENT_DIR / checkpoint)
+    p = deltalearn("evaluate", "--game", game, "--checkpoint", path, "--episodes", "1", "--no-progress")
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().count("\n") == 0, p.stderr  # one line: no traceback, no emulator banner
+    assert f"has {n} actions" in p.stderr and f"{game} has {want}" in p.stderr and path in p.stderr
+    assert p.stdout == ""
+
+
+@pytest.fixture
+def no_play(monkeypatch):
+    """Fail if anything builds an environment to play in (the action count's own env is allowed)."""
+    def refuse(*a, **k):
+        raise AssertionError("an environment was built to play before the action check")
+
+    monkeypatch.setattr(dl.evaluation, "make_env", refuse)
+    monkeypatch.setattr(dl.dqn, "make_vector_env", refuse)
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--game", "Breakout", "--agent", str(dl.AGENT_DIR / "SpaceInvaders.pt")],
+    ["distill", "--game", "Breakout", "--agent", str(dl.AGENT_DIR / "SpaceInvaders.pt")],
+    ["train", "--env", "Breakout", "--init", str(dl.AGENT_DIR / "SpaceInvaders.pt")],
+    ["reproduce", "--game", "Breakout", "--pruned-checkpoint", str(dl.AGENT_DIR / "SpaceInvaders-pruned-0.74.pt")],
+])
+def test_every_command_refuses_a_network_for_another_game(no_play, capsys, tmp_path, argv):
+    code = cli.main([*argv, *(["--out", str(tmp_path)] if argv[0] == "reproduce" else []),
+                     *(["--run-dir", str(tmp_path / "run")] if argv[0] in ("train", "distill") else [])])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "has 6 actions" in err and "Breakout has 4" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_agent_of_another_game_by_name(capsys):
+    assert cli.main(["train", "--env", "Breakout", "--init", "SpaceInvaders"]) == 2
+    err = capsys.readouterr().err
+    assert "SpaceInvaders" in err and "Breakout" in err
+
+
+def test_agent_by_path_plays_like_the_shipped_name(capsys):
+    path = str(dl.AGENT_DIR / "CartPole-v1.pt")
+    runs = {}
+    for agent in ("CartPole-v1", path):
+        assert cli.main(["evaluate", "--game", "CartPole-v1", "--agent", agent, "--episodes", "2", "--json",
+                         "--threads", "1"]) == 0
+        runs[agent] = json.loads(capsys.readouterr().out)["scores"]
+    assert runs[path] == runs["CartPole-v1"]
+
+
+def test_unknown_agent_is_a_short_line_pointing_to_the_listing(capsys):
+    assert cli.main(["evaluate", "--game", "Breakout", "--agent", "Breakot"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 200, err
+    assert "'Breakot'" in err and "deltalearn agents" in err and "did you mean 'Breakout'" in err
+    assert "SpaceInvaders" not in err  # the names are no longer dumped
+
+
+def test_agents_lists_every_shipped_agent():
+    p = deltalearn("agents")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].split()[:3] == ["name", "game", "actions"] and "sparsity" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == dl.agent_names()
+    row = {line.split()[0]: line.split() for line in lines[1:]}
+    assert row["Breakout"][1:4] == ["Breakout", "4", f"{dl.agent_record('Breakout')['evaluation']['mean_score']:.1f}"]
+    assert row["Breakout"][-1] == "0" and row["Breakout-pruned-0.79"][-1] == "0.79"
+    assert len({len(line) for line in lines if not line.startswith("CartPole")}) <= 2  # aligned columns
+    p = deltalearn("agents", "--json")
+    rows = json.loads(p.stdout)
+    assert [r["name"] for r in rows] == dl.agent_names()
+    assert {r["name"]: r["sparsity"] for r in rows}["SpaceInvaders-pruned-0.74"] == 0.74
+
+
+def test_agents_shows_a_heldout_column_once_a_record_has_one(tmp_path, monkeypatch, capsys):
+    man = json.loads((dl.AGENT_DIR / "manifest.json").read_text())
+    man["Breakout"]["heldout_evaluation"] = {"episodes": 30, "seed": 1000, "mean_score": 37.25}
+    (tmp_path / "manifest.json").write_text(json.dumps(man))
+    monkeypatch.setattr(dl.agents, "AGENT_DIR", tmp_path)
+    assert cli.main(["agents"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "held-out (30 ep)" in lines[0]
+    row = {line.split()[0]: line.split() for line in lines[1:]}
+    assert "37.2" in row["Breakout"] or "37.3" in row["Breakout"]
+    assert row["Pong"][-2] == "-"
+    assert cli.main(["agents", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["Breakout"]["heldout_score"] == 37.25 and rows["Pong"]["heldout_score"] is None
+
+
+# --- interrupts say what was cut short and what was kept -----------------------------------
+
+def test_interrupted_evaluate_says_how_far_it_got(monkeypatch, capsys):
+    import gymnasium as gym
+
+    real = dl.evaluation.make_env
+    ended = []
+
+    class CtrlCAfterThree(gym.Wrapper):
+        """Ctrl-C at the first step after three episodes (of any slot) have ended."""
+
+        def step(self, action):
+            if len(ended) >= 3:
+                raise KeyboardInterrupt
+            out = self.env.step(action)
+            if out[2] or out[3]:
+                ended.append(1)
+            return out
+
+    monkeypatch.setattr(dl.evaluation, "make_env", lambda *a, **k: CtrlCAfterThree(real(*a, **k)))
+    code = cli.main(["evaluate", "--game", "CartPole-v1", "--episodes", "10", "--no-progress", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert err == "deltalearn evaluate: interrupted after 3 of 10 episodes; nothing was written\n"
+
+
+def test_interrupted_reproduce_names_what_it_wrote_and_the_partial_table(monkeypatch, capsys, tmp_path):
+    calls = []
+    real = dl.reproduce.evaluate
+
+    def evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # dense and pruned are done, delta is cut short
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(dl.reproduce, "evaluate", evaluate)
+    args = ["reproduce", "--game", "CartPole-v1", "--sparsity", "0.5", "--threshold", "0.01", "--episodes", "1",
+            "--parts", "table", "--out", str(tmp_path), "--no-progress", "--threads", "1"]
+    assert cli.main(args) == 130
+    err = capsys.readouterr().err.splitlines()[-1]  # after the status lines of the finished variants
+    partial = tmp_path / "CartPole-v1_table.partial.json"
+    assert err == (f"deltalearn reproduce: interrupted; nothing new was written to {tmp_path}; finished table "
+                   f"variants (dense, pruned) are kept in {partial}: the same command resumes them")
+    monkeypatch.setattr(dl.reproduce, "evaluate", real)
+    assert cli.main(args) == 0 and not partial.exists()
