@@ -8,6 +8,7 @@ killed mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -15,8 +16,13 @@ from typing import Any, Callable
 import torch
 
 from .nets import NetworkSpec
+from .status import status_line
 
-__all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint", "check_spec"]
+__all__ = ["CheckpointError", "atomic_write", "remove_stale_temporaries", "save_checkpoint", "load_checkpoint",
+           "check_spec"]
+
+# the names atomic_write's mkstemp call gives: ".<name>.<random>.tmp", random in [a-z0-9_]
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]+\.tmp")
 
 
 class CheckpointError(ValueError):
@@ -39,6 +45,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write` left in ``directory``; return their paths.
+
+    A process killed mid-write (``kill -9``, power loss) cannot clean up after itself, and a
+    replay buffer's temporary file is hundreds of MB. Only files named like ours
+    (``.<name>.<random>.tmp``) directly in ``directory`` are removed, and one status line says
+    which. Call it when a run starts in its folder: a folder is one run's, so no other process
+    is writing there.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed: list[Path] = []
+    for p in sorted(directory.iterdir()):
+        if _TEMPORARY.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink()
+            removed.append(p)
+    if removed:
+        status_line(f"removed {len(removed)} stale temporary file(s) of an interrupted write in {directory}",
+                    ", ".join(p.name for p in removed))
+    return removed
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:

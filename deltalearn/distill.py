@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, check_spec, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_spec, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .envs import check_actions
 from .evaluation import evaluate
 from .nets import QNetwork, build_network, copy_weights, plain_copy
@@ -138,6 +138,8 @@ def prune_and_distill(teacher: QNetwork, env: str, cfg: DistillConfig | None = N
     snapshots: dict[float, QNetwork] = {}
     history: list[dict[str, Any]] = []
     ckpt = Path(run_dir) / "distill.pt" if run_dir is not None else None
+    if run_dir is not None:  # what a killed write of distill.pt left behind
+        remove_stale_temporaries(run_dir)
     if ckpt is not None and ckpt.exists():
         data = load_checkpoint(ckpt)
         check_spec(data, teacher.spec, ckpt)

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, atomic_write, check_spec, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, atomic_write, check_spec, load_checkpoint, remove_stale_temporaries,
+                         save_checkpoint)
 from .envs import check_actions, is_atari, make_vector_env
 from .evaluation import evaluate
 from .nets import NetworkSpec, QNetwork, build_network, copy_weights, plain_copy
@@ -239,6 +240,8 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     run = Path(run_dir) if run_dir is not None else None
     ckpt_path = run / "checkpoint.pt" if run else None
     replay_path = run / "replay.npz" if run else None
+    if run is not None:  # what a killed checkpoint write left behind (a replay temporary can pass a GB)
+        remove_stale_temporaries(run)
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -296,11 +299,12 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
         torch.set_rng_state(data["torch_rng"])
         if cfg.save_replay and replay_path is not None and replay_path.exists():
             try:
-                with np.load(replay_path, allow_pickle=False) as z:
-                    rb.load_state_dict({k: z[k] for k in z.files})
-                if int(rb.state_dict()["meta"][1]) == 0:
-                    raise ValueError("empty")
-            except Exception:
+                rb.load(replay_path)
+            except Exception as e:  # also MemoryError on a small machine: the run goes on without it
+                # the networks and counters are still good: refill the buffer, then learn on
+                why = e if isinstance(e, ValueError) else f"replay file {str(replay_path)!r}: {type(e).__name__}: {e}"
+                status_line(str(why), f"not resumed: updates wait {cfg.learning_starts:,} steps for fresh experience")
+            if len(rb) == 0:
                 warm_until = step + cfg.learning_starts
         else:
             warm_until = step + cfg.learning_starts
@@ -312,7 +316,7 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
         if ckpt_path is None:
             return
         if cfg.save_replay:
-            atomic_write(replay_path, lambda tmp: np.savez(open(tmp, "wb"), **rb.state_dict()))
+            rb.save(replay_path)
         save_checkpoint(ckpt_path, {
             "spec": spec.to_dict(), "config": cfg.to_dict(), "model": q.state_dict(),
             "target": target.state_dict(), "best": best.state_dict(), "optimizer": opt.state_dict(),

@@ -9,11 +9,14 @@ vector envs): after a step that ends an episode, the next ``step`` only resets.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from .checkpoint import atomic_write
 
 __all__ = ["ReplayBuffer", "Batch"]
 
@@ -149,19 +152,90 @@ class ReplayBuffer:
         t = lambda a: torch.as_tensor(a, device=device)
         return Batch(t(obs), t(self.actions[self._ring(idx), env]), t(ret), t(nxt), t(disc))
 
-    # checkpointing: plain arrays so np.load(allow_pickle=False) can read them back
-    _ARRAYS = ("frames", "actions", "rewards", "terminated", "ended", "reset_step", "start",
-               "_prev_ended", "_next_start")
+    # checkpointing: plain arrays so np.load(allow_pickle=False) can read them back; of the
+    # per-slot ones, (cap, num_envs, ...), only the filled slots are saved
+    _ARRAYS = ("frames", "actions", "rewards", "terminated", "ended", "reset_step", "start")
+    _PER_ENV = ("_prev_ended", "_next_start")
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        d = {k: getattr(self, k) for k in self._ARRAYS}
+        """The buffer as plain arrays, holding only the filled slots.
+
+        The arrays are preallocated at full capacity, so saving them whole would write GBs of
+        zeros early in an Atari run. Until the ring wraps around the filled slots are
+        ``0 .. size-1`` (``pos == size``); after that ``size == cap`` and all are saved.
+        """
+        d = {k: getattr(self, k)[:self.size] for k in self._ARRAYS}
+        d.update({k: getattr(self, k) for k in self._PER_ENV})
         d["meta"] = np.array([self.pos, self.size, self.cap, self.num_envs, self.stack], dtype=np.int64)
         return d
 
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
+        """Restore from :meth:`state_dict` into arrays of this buffer's full capacity.
+
+        Also reads older files whose per-slot arrays hold all ``cap`` slots. Everything is
+        checked before anything is assigned, so a refused file leaves the buffer as it was.
+        """
+        self._restore(d, adopt=False)
+
+    def _restore(self, d: dict[str, np.ndarray], adopt: bool) -> None:
+        """:meth:`load_state_dict`; ``adopt`` keeps full arrays that nothing else references
+        (just read from a file) instead of copying them, which spares a GB of RAM."""
+        missing = [k for k in ("meta", *self._ARRAYS, *self._PER_ENV) if k not in d]
+        if missing:
+            raise ValueError(f"saved replay buffer lacks {missing}; it is not a deltalearn replay file")
         pos, size, cap, n, stack = (int(v) for v in d["meta"])
-        if (cap, n, stack) != (self.cap, self.num_envs, self.stack) or d["frames"].shape != self.frames.shape:
-            raise ValueError("saved replay buffer has another shape than this run's")
+        if (cap, n, stack) != (self.cap, self.num_envs, self.stack):
+            raise ValueError(f"saved replay buffer has another shape than this run's: {cap} slots x {n} envs, "
+                             f"stack {stack}, not {self.cap} x {self.num_envs}, stack {self.stack}")
+        if not 0 <= size <= cap or not 0 <= pos < cap or (size < cap and pos != size):
+            raise ValueError(f"saved replay buffer has inconsistent counters (pos {pos}, size {size}, cap {cap})")
+        fresh: dict[str, np.ndarray] = {}
         for k in self._ARRAYS:
-            setattr(self, k, np.array(d[k]))
+            mine, saved = getattr(self, k), d[k]
+            # a file holds the filled slots (size) or, written before that, all of them (cap)
+            if (saved.ndim != mine.ndim or saved.shape[0] not in (size, cap) or saved.shape[1:] != mine.shape[1:]
+                    or saved.dtype != mine.dtype):
+                raise ValueError(f"saved replay buffer has another shape than this run's: {k} is "
+                                 f"{saved.dtype}{list(saved.shape)}, expected {mine.dtype}{[size, *mine.shape[1:]]}")
+            if adopt and size == cap and saved.flags.writeable and saved.flags.c_contiguous:
+                fresh[k] = saved
+                continue
+            # unfilled slots are zero, as in a buffer that never wrote them; np.zeros (not
+            # zeros_like) leaves their pages untouched, so a resumed early run stays small in RAM
+            full = np.zeros(mine.shape, dtype=mine.dtype)
+            full[:size] = saved[:size]
+            fresh[k] = full
+        for k in self._PER_ENV:
+            if d[k].shape != (self.num_envs,):
+                raise ValueError(f"saved replay buffer has another shape than this run's: {k} is {list(d[k].shape)}")
+            fresh[k] = np.array(d[k], dtype=bool)
+        for k, v in fresh.items():
+            setattr(self, k, v)
         self.pos, self.size = pos, size
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Atomically write :meth:`state_dict` (the filled slots only) to an ``.npz`` file.
+
+        Uncompressed, as before: a checkpoint costs disk I/O but no CPU time of the training loop.
+        """
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: given a name, np.savez would append ".npz"
+                np.savez(f, **self.state_dict())
+
+        atomic_write(path, write)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore from a file written by :meth:`save` (or an older full-capacity one).
+
+        Raises ``ValueError`` naming the file when it is unreadable or for another buffer;
+        the buffer is then unchanged.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                d = {k: z[k] for k in z.files}
+        except Exception as e:  # a truncated zip, a foreign file: numpy raises many types
+            raise ValueError(f"replay file {str(path)!r} is unreadable ({type(e).__name__}: {e})") from None
+        try:
+            self._restore(d, adopt=True)
+        except ValueError as e:
+            raise ValueError(f"replay file {str(path)!r}: {e}") from None

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -201,3 +203,71 @@ def test_pruning_schedule_survives_a_kill_and_best_is_only_a_fully_pruned_net(tm
         rep = dl.sparsity_report(net)
         assert rep.zeros == [round(0.6 * n) for n in rep.sizes], rep  # torch prune's exact count
     assert dl.load_checkpoint(run / "best.pt")["step"] == 2000
+
+
+def test_starting_a_run_removes_stale_temporary_files_and_nothing_else(tmp_path, capsys):
+    """``kill -9`` during a checkpoint write leaves atomic_write's temporary file (hundreds of MB
+    for a replay buffer); the next run in that folder deletes it, and only it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = run / ".replay.npz.abc123.tmp"
+    stale.write_bytes(bytes(1000))
+    others = {"notes.txt": b"mine", "replay.npz.tmp": b"not atomic_write's", ".hidden": b"h", ".replay.npz": b"r"}
+    for name, data in others.items():
+        (run / name).write_bytes(data)
+    cfg = tiny_config(total_steps=300, checkpoint_every=300, eval_every=0)
+    dl.train(cfg, run, progress=False)
+    assert not stale.exists()
+    for name, data in others.items():
+        assert (run / name).read_bytes() == data, name
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "stale" in ln]
+    assert len(said) == 1 and ".replay.npz.abc123.tmp" in said[0]
+    # with nothing to remove, nothing is said
+    dl.train(tiny_config(total_steps=600, checkpoint_every=300, eval_every=0), run, progress=False)
+    assert "stale" not in capsys.readouterr().err
+
+
+def test_a_distillation_run_dir_is_cleaned_of_stale_temporary_files_too(tmp_path, capsys):
+    from deltalearn.distill import DistillConfig, prune_and_distill
+
+    run = tmp_path / "distill"
+    run.mkdir()
+    (run / ".distill.pt.k2x_9q0a.tmp").write_bytes(b"half a checkpoint")
+    (run / "notes.txt").write_text("mine")
+    cfg = DistillConfig(stages=(0.5,), rounds=1, episodes=1, max_steps=20, updates=2, batch_size=8, threads=1)
+    prune_and_distill(dl.load_agent("CartPole-v1"), "CartPole-v1", cfg, run_dir=run, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == ["distill.pt", "notes.txt"]
+    assert ".distill.pt.k2x_9q0a.tmp" in capsys.readouterr().err
+
+
+def test_resume_reads_whole_buffer_replay_files_and_survives_unreadable_ones(tmp_path, capsys):
+    """replay.npz holds the filled slots only; a file of the whole preallocated buffer (written
+    before) resumes exactly as well, and an unreadable one leaves a run that refills its buffer."""
+    cfg = tiny_config(total_steps=600, checkpoint_every=600, eval_every=0, learning_starts=100)
+    first = tmp_path / "new"
+    dl.train(cfg, first, progress=False)
+    saved = dl.load_checkpoint(first / "checkpoint.pt")
+    full = cfg.buffer_size * (4 * 4 + 16)  # a CartPole slot: 4 float32s and 16 bytes of action, reward, flags
+    assert (first / "replay.npz").stat().st_size < full / 4  # 600 of 5000 slots filled
+
+    rb = dl.ReplayBuffer(cfg.buffer_size, 1, (4,), np.float32)
+    rb.load(first / "replay.npz")
+    assert len(rb) == 600
+    shutil.copytree(first, tmp_path / "old")
+    with open(tmp_path / "old" / "replay.npz", "wb") as f:  # the format of the old save: every slot
+        np.savez(f, **{k: getattr(rb, k) for k in rb._ARRAYS + rb._PER_ENV}, meta=rb.state_dict()["meta"])
+    assert (tmp_path / "old" / "replay.npz").stat().st_size > cfg.buffer_size * 4 * 4
+    shutil.copytree(first, tmp_path / "cut")
+    data = (first / "replay.npz").read_bytes()
+    (tmp_path / "cut" / "replay.npz").write_bytes(data[:len(data) // 2])
+    capsys.readouterr()
+
+    longer = tiny_config(total_steps=900, checkpoint_every=600, eval_every=0, learning_starts=100)
+    res = {name: dl.train(longer, tmp_path / name, progress=False) for name in ("new", "old", "cut")}
+    updates = {name: dl.load_checkpoint(tmp_path / name / "checkpoint.pt")["updates"] - saved["updates"]
+               for name in res}
+    assert updates == {"new": 75, "old": 75, "cut": 50}  # cut: no updates before 700 (refilling)
+    for k, v in res["new"].net.state_dict().items():
+        assert torch.equal(res["old"].net.state_dict()[k], v), k
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "not resumed" in ln]
+    assert len(said) == 1 and "replay.npz" in said[0] and "unreadable" in said[0]

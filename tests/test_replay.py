@@ -243,3 +243,113 @@ def test_atari_vector_env_stacks_rebuild_exactly():
     batch = rb.sample(500, n_step=1)
     for o, nx in zip(batch.obs.numpy(), batch.next_obs.numpy()):
         assert (o.tobytes(), nx.tobytes()) in pairs
+
+
+class AtariLikeEnv(ScriptedVecEnv):
+    """:class:`ScriptedVecEnv` with 84x84 uint8 frames, the size and type of the Atari envs' frames."""
+
+    def _obs(self, e):
+        return np.stack([atari_frame(f) for f in self.frames[e][-self.stack:]])
+
+
+def atari_frame(frame):
+    """A distinct non-zero 84x84 image per frame id; the zero frame (padding) stays zero."""
+    if frame[0] == 0:
+        return np.zeros((84, 84), dtype=np.uint8)
+    return ((frame[0] * 31 + frame[1] * 7 + np.arange(84 * 84)) % 255 + 1).astype(np.uint8).reshape(84, 84)
+
+
+def record_steps(env, steps, seed=1):
+    """The arguments of ``steps`` consecutive ``ReplayBuffer.add`` calls, to feed several buffers alike."""
+    rng = np.random.default_rng(seed)
+    obs, out = env.reset(), []
+    for _ in range(steps):
+        actions = rng.integers(0, 4, env.n)
+        nxt, rew, term, trunc, lost = env.step()
+        out.append((obs, actions, rew, term, trunc, lost))
+        obs = nxt
+    return out
+
+
+def assert_same_replay(a, b):
+    assert (a.pos, a.size, a.cap) == (b.pos, b.size, b.cap)
+    for k in a._ARRAYS + a._PER_ENV:
+        got, want = getattr(b, k), getattr(a, k)
+        assert got.shape == want.shape and got.dtype == want.dtype, k
+        np.testing.assert_array_equal(got, want, err_msg=k)
+    b.rng.bit_generator.state = a.rng.bit_generator.state  # as a resumed run restores it
+    x, y = a.sample(64, n_step=3), b.sample(64, n_step=3)
+    for f in ("obs", "actions", "returns", "next_obs", "discounts"):
+        assert np.array_equal(getattr(x, f).numpy(), getattr(y, f).numpy()), f
+
+
+def atari_like_buffer(steps=(), seed=11):
+    """2 envs x 200 slots of 84x84 frames (2.8 MB when full), fed ``steps``."""
+    rb = dl.ReplayBuffer(2 * 200, 2, (4, 84, 84), np.uint8, stack=4, seed=seed)
+    rb.new_episodes()
+    for args in steps:
+        rb.add(*args)
+    return rb
+
+
+def atari_like_steps(n=320):
+    env = AtariLikeEnv([[(7, "term"), (3, "trunc"), (11, "term")], [(5, "trunc"), (9, "term")]],
+                       stack=4, life_loss_at=(2,), seed=10)
+    return record_steps(env, n)
+
+
+def test_saved_replay_file_grows_with_the_filled_slots_and_round_trips_exactly(tmp_path):
+    """A checkpoint early in a run must not write the whole preallocated buffer (1.4 GB for
+    Atari's 200k frames); loading gives back the very buffer, before and after the ring wraps."""
+    steps = atari_like_steps()
+    frame = 84 * 84
+    path = tmp_path / "replay.npz"
+    sizes = {}
+    for upto in (25, 260):  # 25 of 200 slots per env filled; then wrapped around, mid-ring
+        rb = atari_like_buffer(steps[:upto])
+        rb.save(path)
+        filled, full = rb.size * rb.num_envs * frame, rb.cap * rb.num_envs * frame
+        sizes[upto] = path.stat().st_size
+        assert filled <= sizes[upto] < filled + 32_000  # frames plus a few small arrays and headers
+        back = atari_like_buffer(seed=99)
+        back.load(path)
+        assert_same_replay(rb, back)
+        # and it goes on as if never saved: the same slots overwritten, the same samples
+        for args in steps[upto:upto + 60]:
+            back.add(*args)
+        assert_same_replay(atari_like_buffer(steps[:upto + 60]), back)
+    assert (rb.size, rb.pos) == (rb.cap, 60)
+    assert sizes[25] < full / 7 and sizes[260] >= full
+
+
+def test_replay_file_of_the_whole_preallocated_buffer_still_loads(tmp_path):
+    """Files written before only the filled slots were saved hold every slot, filled or not."""
+    rb = atari_like_buffer(atari_like_steps(40))
+    old = {k: getattr(rb, k) for k in rb._ARRAYS + rb._PER_ENV}
+    old["meta"] = np.array([rb.pos, rb.size, rb.cap, rb.num_envs, rb.stack], dtype=np.int64)
+    path = tmp_path / "replay.npz"
+    with open(path, "wb") as f:
+        np.savez(f, **old)
+    assert path.stat().st_size >= rb.frames.nbytes
+    back = atari_like_buffer(seed=99)
+    back.load(path)
+    assert_same_replay(rb, back)
+
+
+def test_unusable_replay_file_is_refused_by_name_and_changes_nothing(tmp_path):
+    rb = atari_like_buffer(atari_like_steps(40))
+    path = tmp_path / "replay.npz"
+    rb.save(path)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.npz"  # a write killed midway, without atomic_write
+    cut.write_bytes(data[:len(data) // 2])
+    other_capacity = dl.ReplayBuffer(2 * 100, 2, (4, 84, 84), np.uint8, stack=4)
+    for target, file, match in ((atari_like_buffer(seed=99), cut, "unreadable"),
+                                (other_capacity, path, "another shape")):
+        before = {k: getattr(target, k).copy() for k in target._ARRAYS + target._PER_ENV}
+        with pytest.raises(ValueError, match=match) as err:
+            target.load(file)
+        assert file.name in str(err.value)
+        assert target.size == 0 and target.pos == 0
+        for k, v in before.items():
+            np.testing.assert_array_equal(getattr(target, k), v, err_msg=k)
