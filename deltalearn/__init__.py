@@ -16,7 +16,7 @@ from .replay import Batch, ReplayBuffer
 
 from .distill import DistillConfig, prune_and_distill
 from .agents import (AGENT_DIR, agent_names, agent_record, agent_table, export_agent, fp16_rounded, load_agent,
-                     load_agent_or_file, load_network_file, pruned_agent_name)
+                     load_agent_or_file, load_network_file, pruned_agent_name, record_evaluation)
 from .stats import PairedComparison, paired_comparison
 from .reproduce import (FIGURE_GAMES, FIRST_PERSON_GAMES, HELDOUT_EPISODES, HELDOUT_SEED, INPUT_THRESHOLDS,
                         TUNING_EPISODES, TUNING_SEED, OUR_SETTINGS, PAPER_RANGES,

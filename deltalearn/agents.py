@@ -19,7 +19,7 @@ import torch
 from .checkpoint import CheckpointError, atomic_write, check_spec, load_checkpoint, save_checkpoint
 from .nets import NetworkSpec, QNetwork, build_network
 
-__all__ = ["AGENT_DIR", "agent_names", "agent_record", "load_agent", "export_agent", "fp16_rounded", "pruned_agent_name",
+__all__ = ["AGENT_DIR", "agent_names", "agent_record", "load_agent", "export_agent", "fp16_rounded", "pruned_agent_name", "record_evaluation",
            "load_network_file", "load_agent_or_file", "agent_table", "sha256"]
 
 AGENT_DIR = Path(__file__).parent / "agents"
@@ -106,6 +106,20 @@ def agent_table(directory: str | os.PathLike | None = None) -> list[dict[str, An
                      "heldout_score": held.get("mean_score"), "heldout_episodes": held.get("episodes"),
                      "sparsity": float((rec.get("config") or {}).get("sparsity", 0.0))})
     return rows
+
+
+def record_evaluation(name: str, key: str, evaluation: dict[str, Any],
+                      directory: str | os.PathLike | None = None) -> None:
+    """Store ``evaluation`` under ``key`` (e.g. ``heldout_evaluation``) in a shipped agent's
+    manifest entry, atomically. The agent file, and so its sha256, is unchanged."""
+    d = Path(directory) if directory else AGENT_DIR
+    man = _manifest(d)
+    if name not in man:
+        raise ValueError(f"no shipped agent {name!r} to record an evaluation for; see `deltalearn agents`")
+    if key in ("file", "sha256", "spec"):
+        raise ValueError(f"{key!r} is part of the agent's identity, not an evaluation")
+    man[name][key] = evaluation
+    atomic_write(d / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(man, indent=2, sort_keys=True) + "\n"))
 
 
 def pruned_agent_name(game: str, sparsity: float) -> str:

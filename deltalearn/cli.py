@@ -175,6 +175,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     if a.checkpoint and a.agent:
         raise ValueError("give --agent or --checkpoint, not both")
+    if a.heldout:  # the reporting episodes, never used to choose anything
+        from .reproduce import HELDOUT_EPISODES, HELDOUT_SEED
+
+        a.seed, a.episodes = HELDOUT_SEED, HELDOUT_EPISODES
+    name = a.agent or a.game
+    if a.record and not (a.heldout and not a.checkpoint and a.sparsity == 0 and a.threshold is None
+                         and a.epsilon is None):
+        raise ValueError("--record stores a shipped agent's own held-out evaluation: it needs --heldout, a "
+                         "shipped agent (no --checkpoint), and no --sparsity, --threshold or --epsilon")
     _set_threads(a.threads)
     if a.checkpoint:
         net = load_network_file(a.checkpoint)
@@ -184,6 +193,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     res = evaluate(net, a.game, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon,
                    sparsity=a.sparsity, threshold=a.threshold, progress=not a.json and not a.no_progress)
     d = res.to_dict()
+    if a.record:
+        from .agents import record_evaluation
+
+        record_evaluation(name, "heldout_evaluation", {k: d[k] for k in (
+            "episodes", "seed", "epsilon", "scores", "lengths", "mean_score", "std_score") + (("hns",) if "hns" in d else ())})
     if a.json:
         print(json.dumps(d))
     else:
@@ -372,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--agent", default=None, help="a shipped agent by name, e.g. Breakout-pruned-0.79 (`deltalearn "
                    "agents` lists them), or a .pt network file (default: the game's dense agent)")
     e.add_argument("--checkpoint", default=None, help="a network file instead of the shipped agent")
+    e.add_argument("--heldout", action="store_true",
+                   help="play the held-out episodes (30 from seed 1000) that the book's tables report on")
+    e.add_argument("--record", action="store_true",
+                   help="with --heldout: store the result as the shipped agent's heldout_evaluation in its manifest")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--threads", type=int, default=0,

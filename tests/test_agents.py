@@ -143,3 +143,29 @@ def test_stacked_frame_trajectories_are_stored_once_per_frame_and_load_identical
     with np.load(tmp_path / "mixed.npz") as z:
         assert "observations" in z.files
     assert np.array_equal(dl.load_trajectory("mixed", tmp_path)["observations"], mixed)
+
+
+def test_a_recorded_evaluation_lands_in_the_manifest_and_leaves_the_agent_intact(tmp_path):
+    import shutil
+
+    shutil.copy(dl.AGENT_DIR / "CartPole-v1.pt", tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"CartPole-v1": dl.agent_record("CartPole-v1")}))
+    held = {"episodes": 30, "seed": dl.HELDOUT_SEED, "scores": [500.0] * 30, "mean_score": 500.0}
+    dl.record_evaluation("CartPole-v1", "heldout_evaluation", held, directory=tmp_path)
+    rec = dl.agent_record("CartPole-v1", tmp_path)
+    assert rec["heldout_evaluation"] == held and rec["sha256"] == dl.agent_record("CartPole-v1")["sha256"]
+    dl.load_agent("CartPole-v1", tmp_path)  # still hash-checked and loadable
+    with pytest.raises(ValueError, match="no shipped agent"):
+        dl.record_evaluation("Pong-v9", "heldout_evaluation", held, directory=tmp_path)
+    with pytest.raises(ValueError, match="identity"):
+        dl.record_evaluation("CartPole-v1", "sha256", held, directory=tmp_path)
+
+
+def test_every_dense_agent_has_a_heldout_record_on_the_heldout_seeds():
+    for name in dl.agent_names():
+        rec = dl.agent_record(name)
+        if "teacher" in rec:  # pruned agents: their tables report them
+            continue
+        held = rec["heldout_evaluation"]
+        assert (held["seed"], held["episodes"], len(held["scores"])) == (dl.HELDOUT_SEED, dl.HELDOUT_EPISODES, 30)
+        assert held["mean_score"] == pytest.approx(np.mean(held["scores"]))
