@@ -172,7 +172,7 @@ def evaluate(net: nn.Module, env_name: str, episodes: int = 10, seed: int = 0,
             with torch.no_grad():
                 q, c = pol(torch.as_tensor(batch, device=device))
             greedy = q.argmax(dim=1).cpu().numpy()
-            c = c.cpu().numpy()
+            c = c.cpu().numpy().copy()  # a copy, not a view of a torch tensor: see replay()
             for i in range(n_slots):
                 ep = slot_ep[i]
                 if ep < 0:
@@ -247,8 +247,11 @@ def replay(net: nn.Module, observations: np.ndarray, sparsity: float = 0.0,
     else:
         for t in range(len(obs)):
             q, c = pol(obs[t:t + 1])
-            qs.append(q)
-            cs.append(c)
-    q = torch.cat(qs).numpy()
-    report = MultiplicationReport.from_counts(pol.names, pol.dense_per_step, torch.cat(cs).numpy(), label=pol.label)
+            # numpy copies: thousands of tiny torch tensors kept across steps pin the allocator's
+            # heap between each step's large temporaries (memory grew ~100 KB per decision)
+            qs.append(q.numpy().copy())
+            cs.append(c.numpy().copy())
+    q = np.concatenate([np.asarray(x) for x in qs])
+    report = MultiplicationReport.from_counts(pol.names, pol.dense_per_step,
+                                              np.concatenate([np.asarray(x) for x in cs]), label=pol.label)
     return ReplayResult(q.argmax(1), ref, report, q)
