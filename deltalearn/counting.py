@@ -5,11 +5,19 @@ both non-zero. For one layer it is counted exactly, and cheaply, by running the 
 operator on 0/1 masks: ``conv2d(input != 0, weight != 0)`` summed over all outputs gives the
 number of (non-zero input, non-zero weight) pairs that meet, with the layer's stride and
 padding taken into account.
+
+Which counts are the same on every machine: dense counts, counts on masks of shipped weights
+and recorded observations (the first layer, also behind a delta threshold, because the changes
+of recorded frames are exact differences), and integer arithmetic on them. A count behind a
+float layer is not: another CPU or kernel library sums the products of a convolution in another
+order, activations move in their last bits, and an element that sits on a delta threshold or on
+ReLU's zero flips. Compare such counts with :func:`counts_close`.
 """
 from __future__ import annotations
 
 import html
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -21,7 +29,7 @@ from torch import nn
 __all__ = [
     "weight_layers", "layer_names", "dense_products", "significant_products",
     "count_forward", "LayerCount", "MultiplicationReport", "count_dense", "count_weights",
-    "dense_counts", "combine",
+    "dense_counts", "combine", "COUNT_RTOL", "COUNT_FLOOR", "counts_close",
 ]
 
 SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.Flatten)
@@ -255,3 +263,67 @@ def combine(reports: Iterable[MultiplicationReport], label: str = "") -> Multipl
     per_step = np.concatenate(per) if all(p is not None for p in per) else None
     return MultiplicationReport(layers, steps=sum(r.steps for r in reports), label=label or reports[0].label,
                                 per_step=per_step)
+
+
+COUNT_RTOL: float = 2e-3
+"""Relative tolerance per layer when significant-product counts behind float layers are compared
+across machines or kernel libraries (:func:`counts_close`): 2 in 1,000.
+
+Measured by ``book/data/count_noise.py`` (results in ``book/data/count_noise.md``): the recorded
+episodes of all six Atari games replayed at sweep cells with oneDNN on, oneDNN off, and with
+oneDNN/MKL/ATen limited to AVX2 (another CPU), against the committed sweeps; CartPole at every
+cell of chapter 6's grid. The largest relative deviation of a layer holding a million products
+or more was 3.2e-4 (Robotank fc1 at threshold 0.03: 1,582 products of 4,955,214, oneDNN off);
+typical deviations are 1e-7 to 3e-5 (Breakout-pruned-0.79 at 0.001: fc1 58,254,410 with oneDNN
+off against 58,254,547 committed). The smallest real change, two neighbouring cells of a
+committed sweep or grid (the next threshold or sparsity), moves the layer that changes most by
+9.0e-3 (CartPole, no delta network against threshold 0); in the Atari sweeps by 2.8e-2 (Robotank,
+a first-layer threshold of 0.01 against 0.001). 2e-3 sits about 6x above that noise and 4.5x
+(Atari: 14x) below that change.
+"""
+
+COUNT_FLOOR: float = 1e-5
+"""Floor of the per-layer tolerance of :func:`counts_close`, as a share of all layers' products
+together: a layer may differ by ``COUNT_FLOOR * sum(counts)`` products whatever its own count.
+
+Small layers need it. A flipped element costs a whole column of products, so a layer with few
+products moves by a large share of them: Freeway's last layer moved by 48 products of 11,535
+(4e-3) with oneDNN off, Breakout's by 14 of 15,683 (9e-4). Such differences are below 1e-6 of
+the network's products, too small to move any quoted reduction. An absolute floor in products
+would have to grow with the episode and the network (CartPole's whole episode is 1e7 products,
+an Atari episode 1e9 to 1e10); a share of the total does. With it every measured deviation is at
+least 6x inside the tolerance, and every neighbouring pair of committed cells still differs.
+"""
+
+
+def _as_counts(x: "Sequence[int] | MultiplicationReport", what: str) -> list[int]:
+    if isinstance(x, MultiplicationReport):
+        return [l.significant for l in x.layers]
+    out = []
+    for v in x:
+        f = float(v)
+        if not math.isfinite(f) or f < 0 or f != int(f):
+            raise ValueError(f"{what}: counts must be non-negative integers, got {v!r}")
+        out.append(int(f))
+    return out
+
+
+def counts_close(a: "Sequence[int] | MultiplicationReport", b: "Sequence[int] | MultiplicationReport",
+                 rtol: float = COUNT_RTOL, floor: float = COUNT_FLOOR) -> bool:
+    """Whether two per-layer significant-product counts agree up to float round-off.
+
+    ``a`` and ``b`` are per-layer counts (sequences of integers, or
+    :class:`MultiplicationReport`) over the same decisions. Layer ``i`` agrees when
+    ``|a[i] - b[i]| <= rtol * max(a[i], b[i]) + floor * max(sum(a), sum(b))``.
+    ``rtol=0, floor=0`` asks for equality. See :data:`COUNT_RTOL` and :data:`COUNT_FLOOR` for what
+    the defaults were measured against: they pass the differences between machines and kernel
+    libraries, and fail a neighbouring threshold or sparsity.
+    """
+    x, y = _as_counts(a, "a"), _as_counts(b, "b")
+    if len(x) != len(y):
+        raise ValueError(f"counts of {len(x)} and {len(y)} layers cannot be compared")
+    for name, v in (("rtol", rtol), ("floor", floor)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    slack = floor * max(sum(x), sum(y))
+    return all(abs(p - q) <= rtol * max(p, q) + slack for p, q in zip(x, y))
