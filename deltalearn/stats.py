@@ -40,7 +40,10 @@ class PairedComparison:
 
     @property
     def verdict(self) -> str:
-        """``loss detected``, ``gain detected`` or ``no loss detected`` (the interval holds 0)."""
+        """``loss detected``, ``gain detected``, ``no loss detected`` (the interval holds 0), or
+        ``the same score in every episode`` (no spread to build an interval from)."""
+        if self.paired_se == 0 and self.mean_difference == 0:
+            return "the same score in every episode"
         if self.ci_high < 0:
             return "loss detected"
         if self.ci_low > 0:
@@ -56,6 +59,8 @@ class PairedComparison:
     def sentence(self, unit: str = "points") -> str:
         """One sentence for a table's reader, e.g. 'no loss detected; a loss larger than 4.1
         points (10% of the dense score) would have been seen (95% interval -4.1 to +6.0, 30 paired episodes)'."""
+        if self.verdict == "the same score in every episode":
+            return f"the same score in every one of the {self.episodes} paired episodes"
         ci = f"{self.level:.0%} interval {self.ci_low:+.3g} to {self.ci_high:+.3g}, {self.episodes} paired episodes"
         if self.verdict != "no loss detected":
             return f"{self.verdict}: {self.mean_difference:+.3g} {unit} ({ci})"

@@ -25,6 +25,8 @@ def test_verdicts_and_the_largest_loss_left_unseen():
     assert "would have been seen" in same.sentence()
     worse = dl.paired_comparison(base, base - 5 + np.array([1, -1] * 5))
     assert worse.verdict == "loss detected" and "loss detected" in worse.sentence()
+    same = dl.paired_comparison(base, base)
+    assert same.verdict == "the same score in every episode" and "every one of the 10" in same.sentence()
     better = dl.paired_comparison(base, base + 5 + np.array([1, -1] * 5))
     assert better.verdict == "gain detected" and better.largest_unseen_loss == 0.0
 
