@@ -267,32 +267,35 @@ def combine(reports: Iterable[MultiplicationReport], label: str = "") -> Multipl
 
 COUNT_RTOL: float = 2e-3
 """Relative tolerance per layer when significant-product counts behind float layers are compared
-across machines or kernel libraries (:func:`counts_close`): 2 in 1,000.
+across machines or kernel libraries (:func:`counts_close`): 2 in 1,000 of the layer's count.
 
 Measured by ``book/data/count_noise.py`` (results in ``book/data/count_noise.md``): the recorded
-episodes of all six Atari games replayed at sweep cells with oneDNN on, oneDNN off, and with
-oneDNN/MKL/ATen limited to AVX2 (another CPU), against the committed sweeps; CartPole at every
-cell of chapter 6's grid. The largest relative deviation of a layer holding a million products
-or more was 3.2e-4 (Robotank fc1 at threshold 0.03: 1,582 products of 4,955,214, oneDNN off);
-typical deviations are 1e-7 to 3e-5 (Breakout-pruned-0.79 at 0.001: fc1 58,254,410 with oneDNN
-off against 58,254,547 committed). The smallest real change, two neighbouring cells of a
-committed sweep or grid (the next threshold or sparsity), moves the layer that changes most by
-9.0e-3 (CartPole, no delta network against threshold 0); in the Atari sweeps by 2.8e-2 (Robotank,
-a first-layer threshold of 0.01 against 0.001). 2e-3 sits about 6x above that noise and 4.5x
-(Atari: 14x) below that change.
+episodes of the six Atari games replayed at 5-13 cells of their committed sweeps with oneDNN on,
+oneDNN off, and with oneDNN/MKL/ATen limited to AVX2 (standing in for another CPU; it replays the
+committed sweeps exactly), and CartPole at all 84 cells of chapter 6's grid. Deviations from the
+committed counts were 1e-7 to 3e-5 of a layer's count as a rule (Breakout-pruned-0.79 at 0.001:
+fc1 58,254,410 with oneDNN off, 58,254,487 on, 58,254,547 committed), and at most 3.2e-4 for a
+layer of a million products or more (Robotank fc1 at threshold 0.03: 1,582 of 4,955,214).
+CartPole's counts never moved. The smallest real change, between two neighbouring committed cells
+(the next threshold, first-layer threshold or sparsity), moves its most changed layer by 9.0e-3
+(CartPole: no delta network against threshold 0), and by 2.8e-2 in the Atari sweeps (Robotank:
+first-layer threshold 0.01 against 0.001). With :data:`COUNT_FLOOR`, every measured deviation is
+at least 7.6 times inside the tolerance, and every neighbouring pair differs by at least 4.5 times
+it (Atari: 14 times).
 """
 
 COUNT_FLOOR: float = 1e-5
-"""Floor of the per-layer tolerance of :func:`counts_close`, as a share of all layers' products
-together: a layer may differ by ``COUNT_FLOOR * sum(counts)`` products whatever its own count.
+"""Floor of :func:`counts_close`'s per-layer tolerance, as a share of all layers' products together:
+a layer may differ by ``COUNT_FLOOR * sum(counts)`` products whatever its own count.
 
 Small layers need it. A flipped element costs a whole column of products, so a layer with few
-products moves by a large share of them: Freeway's last layer moved by 48 products of 11,535
-(4e-3) with oneDNN off, Breakout's by 14 of 15,683 (9e-4). Such differences are below 1e-6 of
-the network's products, too small to move any quoted reduction. An absolute floor in products
-would have to grow with the episode and the network (CartPole's whole episode is 1e7 products,
-an Atari episode 1e9 to 1e10); a share of the total does. With it every measured deviation is at
-least 6x inside the tolerance, and every neighbouring pair of committed cells still differs.
+products moves by a large share of them: Freeway's last layer by 48 products of 11,535 (4.1e-3)
+with oneDNN off, Breakout's by 14 of 15,683 (8.9e-4); a relative tolerance that passed these would
+be as large as the smallest real changes. Such differences are below 1e-6 of the network's
+products and cannot move any quoted reduction. An absolute floor in products would have to grow
+with the episode and the network (CartPole's episode is 1e7 products, an Atari episode 1e8 to
+1e10); a share of the total does. The price: a layer holding less than about 1e-5 of the products
+(Freeway's last layer at sparsity 0.9, 94 products of 76 million) could double unnoticed.
 """
 
 

@@ -1,14 +1,16 @@
 """Measure how far significant-multiplication counts move with the order of float sums,
-and how far a real change moves them: the data behind ``dl.COUNT_RTOL`` and ``dl.COUNT_ATOL``.
+and how far a real change moves them: the data behind ``dl.COUNT_RTOL`` and ``dl.COUNT_FLOOR``.
 
-Run from the repository root (about an hour on 2 busy CPU cores; less on an idle machine):
+Run from the repository root (the default cells take about half an hour on 2 busy CPU cores):
 
     python book/data/count_noise.py --jobs 3                  # every game, every configuration
     python book/data/count_noise.py --games Breakout          # one game: a few minutes
+    python book/data/count_noise.py --summary-only            # no replays: the summary again
 
 It writes, next to this file, ``count_noise.json`` (every replayed count, and the summary) and
 ``count_noise.md`` (the summary tables, quoted in chapter 3 and in ``deltalearn/counting.py``).
-A run with ``--games`` replaces those games in the files and keeps the others.
+A run with ``--games`` replaces those games in the files and keeps the others. The committed files
+come from ``--jobs 3``, then ``--games SpaceInvaders Breakout Robotank --full --jobs 3``.
 
 **Noise.** Each game's recorded episode (``dl.load_trajectory(game)``) is replayed at some cells
 of its committed sweep (``book/data/reproduce/<game>_sweep.json``; see :func:`cells`), exactly as
@@ -19,8 +21,8 @@ its own child process whose environment is set before torch loads:
 * ``native``: torch's defaults on this CPU (oneDNN on);
 * ``onednn-off``: ``DELTALEARN_ONEDNN=0`` (torch's own convolution kernels);
 * ``avx2``: oneDNN, MKL and ATen limited to AVX2 instructions, which stands in for another
-  CPU. (The committed Atari sweeps were made on such a machine: this configuration replays
-  them exactly on an AVX-512 CPU, the two others do not.)
+  CPU. (On our AVX-512 machines this configuration replays the committed Atari sweeps exactly,
+  the two others do not: the sweeps were made with AVX2 kernels.)
 
 Every layer's count is compared with the committed one; the noise of a layer is the largest
 ``|replayed - committed|`` over cells and configurations, absolute and relative.
@@ -193,7 +195,8 @@ def real_changes(games: list[str]) -> list[dict]:
             per_layer = {n: rel(a[f"significant_{n}"], b[f"significant_{n}"]) for n in layers}
             out.append({"game": game, "from": [a["kind"], a["sparsity"], a["threshold"]],
                         "to": [b["kind"], b["sparsity"], b["threshold"]],
-                        "per_layer": per_layer, "largest": max(per_layer.values())})
+                        "per_layer": per_layer, "largest": max(per_layer.values()),
+                        "counts": [[a[f"significant_{n}"] for n in layers], [b[f"significant_{n}"] for n in layers]]})
     return out
 
 
@@ -212,6 +215,37 @@ def deviations(replays: dict[str, dict]) -> list[dict]:
                                 "dense": row[f"dense_{n}"], "steps": row["steps"], "abs": abs(a - b),
                                 "rel": rel(a, b)})
     return out
+
+
+def tolerance(a: list[int], b: list[int]) -> list[float]:
+    """Per layer, the difference ``dl.counts_close`` allows between ``a`` and ``b``."""
+    import deltalearn as dl
+
+    slack = dl.COUNT_FLOOR * max(sum(a), sum(b))
+    return [dl.COUNT_RTOL * max(x, y) + slack for x, y in zip(a, b)]
+
+
+def margins(replays: dict[str, dict], changes: list[dict]) -> dict:
+    """How far inside ``dl.counts_close``'s tolerance the noise is, how far outside the real changes."""
+    noise = []
+    for config, res in replays.items():
+        for game, rows in res["games"].items():
+            ref_rows = committed(game)
+            for row in rows:
+                ref = next(r for r in ref_rows if same_cell(r, row))
+                names = layers_of(ref)
+                a, b = [row[f"significant_{n}"] for n in names], [ref[f"significant_{n}"] for n in names]
+                for n, x, y, tol in zip(names, a, b, tolerance(a, b)):
+                    if x != y:
+                        noise.append((tol / abs(x - y), config, game, row["sparsity"], row["threshold"], n))
+    real = [(max(abs(x - y) / tol for x, y, tol in zip(*c["counts"], tolerance(*c["counts"]))),
+             c["game"], c["from"], c["to"]) for c in changes]
+    worst_noise, worst_real = min(noise), min(real)
+    import deltalearn as dl
+
+    return {"rtol": dl.COUNT_RTOL, "floor": dl.COUNT_FLOOR,
+            "noise_inside": worst_noise[0], "noise_worst": list(worst_noise[1:]),
+            "real_outside": worst_real[0], "real_worst": list(worst_real[1:])}
 
 
 def summarise(replays: dict[str, dict]) -> dict:
@@ -247,6 +281,8 @@ def summarise(replays: dict[str, dict]) -> dict:
         "identical_to_committed": {c: all(x["abs"] == 0 for x in devs if x["config"] == c and x["game"] != CARTPOLE)
                                    for c in replays},
         "smallest_real_change": min(changes, key=lambda c: c["largest"]),
+        "smallest_real_change_atari": min((c for c in changes if c["game"] != CARTPOLE), key=lambda c: c["largest"]),
+        "counts_close_margins": margins(replays, changes),
         "smallest_real_change_per_layer": {
             n: min(c["per_layer"][n] for c in changes if c["per_layer"].get(n))
             for n in dict.fromkeys(k for c in changes for k in c["per_layer"])},
@@ -275,8 +311,17 @@ def markdown(summary: dict) -> str:
               + ", ".join(f"`{k}` {v}" for k, v in summary["identical_to_committed"].items()) + ".",
               f"* Smallest real change (neighbouring committed cells, the layer that changes most): "
               f"{c['largest']:.1e} ({c['game']}, {c['from']} -> {c['to']}).",
-              "* Smallest non-zero change of each layer between neighbouring cells: "
+              f"* In the Atari sweeps: {summary['smallest_real_change_atari']['largest']:.1e} "
+              f"({summary['smallest_real_change_atari']['game']}, {summary['smallest_real_change_atari']['from']} -> "
+              f"{summary['smallest_real_change_atari']['to']}).",
+              "* Smallest non-zero change of each layer between neighbouring cells (another layer may change "
+              "more): "
               + ", ".join(f"{n} {v:.1e}" for n, v in summary["smallest_real_change_per_layer"].items()) + ".", ""]
+    m = summary["counts_close_margins"]
+    lines += [f"With `dl.counts_close` (COUNT_RTOL {m['rtol']:g} per layer, COUNT_FLOOR {m['floor']:g} of all "
+              f"products): every measured deviation is at least {m['noise_inside']:.1f} times inside its tolerance "
+              f"(closest: {m['noise_worst']}), and every pair of neighbouring committed cells differs in some layer by "
+              f"at least {m['real_outside']:.1f} times its tolerance (closest: {m['real_worst']}).", ""]
     for name, cfg in summary["configs"].items():
         lines.append(f"`{name}`: oneDNN {'on' if cfg['onednn'] else 'off'}, torch {cfg['torch']}, "
                      f"CPU capability {cfg['cpu_capability']}.  ")
@@ -289,14 +334,18 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--full", action="store_true", help="replay every threshold at the table sparsity")
     ap.add_argument("--jobs", type=int, default=1, help="configurations run at once (default 1)")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="no replays: recompute the summary from the replays in count_noise.json")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.games, args.out, args.full)
         return
-    with ThreadPoolExecutor(args.jobs) as pool:  # each configuration is its own process
-        fresh = dict(zip(args.configs, pool.map(lambda c: run_config(c, args.games, args.full), args.configs)))
+    fresh = {}
+    if not args.summary_only:
+        with ThreadPoolExecutor(args.jobs) as pool:  # each configuration is its own process
+            fresh = dict(zip(args.configs, pool.map(lambda c: run_config(c, args.games, args.full), args.configs)))
     replays = json.loads(OUT_JSON.read_text())["replays"] if OUT_JSON.exists() else {}
     for config, res in fresh.items():  # replace the games just run, keep the others
         old = replays.get(config, {"games": {}})
