@@ -1,6 +1,8 @@
 """Shipped agents, recorded trajectories and seeded evaluation."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch

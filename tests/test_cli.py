@@ -280,6 +280,7 @@ def test_agents_lists_every_shipped_agent():
 def test_agents_shows_a_heldout_column_once_a_record_has_one(tmp_path, monkeypatch, capsys):
     man = json.loads((dl.AGENT_DIR / "manifest.json").read_text())
     man["Breakout"]["heldout_evaluation"] = {"episodes": 30, "seed": 1000, "mean_score": 37.25}
+    man["Pong"].pop("heldout_evaluation", None)  # a record without one shows "-"
     (tmp_path / "manifest.json").write_text(json.dumps(man))
     monkeypatch.setattr(dl.agents, "AGENT_DIR", tmp_path)
     assert cli.main(["agents"]) == 0
