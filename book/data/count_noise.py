@@ -200,20 +200,25 @@ def real_changes(games: list[str]) -> list[dict]:
     return out
 
 
-def deviations(replays: dict[str, dict]) -> list[dict]:
-    """Per replayed cell, configuration and layer: the deviation from the committed count."""
-    out = []
+def replayed_cells(replays: dict[str, dict]):
+    """Each replayed cell with its committed counterpart: (configuration, game, replayed, committed)."""
     for config, res in replays.items():
         for game, rows in res["games"].items():
             ref_rows = committed(game)
             for row in rows:
-                ref = next(r for r in ref_rows if same_cell(r, row))
-                for n in layers_of(ref):
-                    a, b = row[f"significant_{n}"], ref[f"significant_{n}"]
-                    out.append({"config": config, "game": game, "kind": row["kind"], "sparsity": row["sparsity"],
-                                "threshold": row["threshold"], "layer": n, "replayed": a, "committed": b,
-                                "dense": row[f"dense_{n}"], "steps": row["steps"], "abs": abs(a - b),
-                                "rel": rel(a, b)})
+                yield config, game, row, next(r for r in ref_rows if same_cell(r, row))
+
+
+def deviations(replays: dict[str, dict]) -> list[dict]:
+    """Per replayed cell, configuration and layer: the deviation from the committed count."""
+    out = []
+    for config, game, row, ref in replayed_cells(replays):
+        for n in layers_of(ref):
+            a, b = row[f"significant_{n}"], ref[f"significant_{n}"]
+            out.append({"config": config, "game": game, "kind": row["kind"], "sparsity": row["sparsity"],
+                        "threshold": row["threshold"], "layer": n, "replayed": a, "committed": b,
+                        "dense": row[f"dense_{n}"], "steps": row["steps"], "abs": abs(a - b),
+                        "rel": rel(a, b)})
     return out
 
 
@@ -228,16 +233,12 @@ def tolerance(a: list[int], b: list[int]) -> list[float]:
 def margins(replays: dict[str, dict], changes: list[dict]) -> dict:
     """How far inside ``dl.counts_close``'s tolerance the noise is, how far outside the real changes."""
     noise = []
-    for config, res in replays.items():
-        for game, rows in res["games"].items():
-            ref_rows = committed(game)
-            for row in rows:
-                ref = next(r for r in ref_rows if same_cell(r, row))
-                names = layers_of(ref)
-                a, b = [row[f"significant_{n}"] for n in names], [ref[f"significant_{n}"] for n in names]
-                for n, x, y, tol in zip(names, a, b, tolerance(a, b)):
-                    if x != y:
-                        noise.append((tol / abs(x - y), config, game, row["sparsity"], row["threshold"], n))
+    for config, game, row, ref in replayed_cells(replays):
+        names = layers_of(ref)
+        a, b = [row[f"significant_{n}"] for n in names], [ref[f"significant_{n}"] for n in names]
+        for n, x, y, tol in zip(names, a, b, tolerance(a, b)):
+            if x != y:
+                noise.append((tol / abs(x - y), config, game, row["sparsity"], row["threshold"], n))
     real = [(max(abs(x - y) / tol for x, y, tol in zip(*c["counts"], tolerance(*c["counts"]))),
              c["game"], c["from"], c["to"]) for c in changes]
     worst_noise, worst_real = min(noise), min(real)
