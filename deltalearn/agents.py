@@ -38,6 +38,11 @@ def _manifest(directory: Path) -> dict[str, Any]:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def _write_manifest(directory: Path, man: dict[str, Any]) -> None:
+    atomic_write(directory / "manifest.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(man, indent=2, sort_keys=True) + "\n"))
+
+
 def agent_names(directory: str | os.PathLike | None = None) -> list[str]:
     """Names of the shipped agents (environment names such as ``CartPole-v1`` or ``Pong``)."""
     return sorted(_manifest(Path(directory) if directory else AGENT_DIR))
@@ -119,7 +124,7 @@ def record_evaluation(name: str, key: str, evaluation: dict[str, Any],
     if key in ("file", "sha256", "spec"):
         raise ValueError(f"{key!r} is part of the agent's identity, not an evaluation")
     man[name][key] = evaluation
-    atomic_write(d / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(man, indent=2, sort_keys=True) + "\n"))
+    _write_manifest(d, man)
 
 
 def pruned_agent_name(game: str, sparsity: float) -> str:
@@ -152,5 +157,5 @@ def export_agent(net: QNetwork, name: str, record: dict[str, Any],
     save_checkpoint(path, {"spec": net.spec.to_dict(), "model": state})
     man = _manifest(d)
     man[name] = {"file": path.name, "sha256": sha256(path), "spec": net.spec.to_dict(), **record}
-    atomic_write(d / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(man, indent=2, sort_keys=True) + "\n"))
+    _write_manifest(d, man)
     return path

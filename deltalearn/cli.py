@@ -114,8 +114,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         record = {
             "env": cfg.env, "agent_steps": int(steps), "frames": int(steps) * frames,
             "wall_time_s": round(res.wall_time, 1), "seed": cfg.seed, "config": cfg.to_dict(),
-            "evaluation": {k: ev.to_dict()[k] for k in ("episodes", "seed", "epsilon", "scores", "mean_score",
-                                                        "std_score") + (("hns",) if ev.hns is not None else ())},
+            "evaluation": ev.record(),
         }
         if a.init:
             record["init"] = a.init
@@ -160,8 +159,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
                 "env": a.game, "teacher": name, "teacher_sha256": teacher_sha,
                 "teacher_evaluation": teacher_eval, "config": {"sparsity": s, "distill": cfg.to_dict()},
                 "stage": row["stage"], "seed": cfg.seed,
-                "evaluation": {k: d[k] for k in ("episodes", "seed", "epsilon", "scores", "mean_score", "std_score")
-                               + (("hns",) if "hns" in d else ())},
+                "evaluation": ev.record(),
             }, directory=a.export)
     print(json.dumps({"env": a.game, "teacher": name, "teacher_mean_score": teacher_eval.get("mean_score"),
                       "pruned": out}, indent=2))
@@ -196,8 +194,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if a.record:
         from .agents import record_evaluation
 
-        record_evaluation(name, "heldout_evaluation", {k: d[k] for k in (
-            "episodes", "seed", "epsilon", "scores", "lengths", "mean_score", "std_score") + (("hns",) if "hns" in d else ())})
+        record_evaluation(name, "heldout_evaluation", res.record(lengths=True))
     if a.json:
         print(json.dumps(d))
     else:
@@ -245,9 +242,10 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     games = a.game or [g for g in SIX_GAMES if g in agent_names() and g in {*PAPER_SETTINGS, *OUR_SETTINGS}]
     if not games:
         raise ValueError(f"no shipped agent for any of {', '.join(SIX_GAMES)}; name a game with --game")
-    if a.pruned_checkpoint and "table" in a.parts:  # one file for every game: it must fit each before any plays
+    pruned_file = load_network_file(a.pruned_checkpoint) if a.pruned_checkpoint else None
+    if pruned_file is not None and "table" in a.parts:  # one file for every game: it must fit each before any plays
         for game in games:
-            check_actions(load_network_file(a.pruned_checkpoint), game, f"the network in {a.pruned_checkpoint}")
+            check_actions(pruned_file, game, f"the network in {a.pruned_checkpoint}")
     for game in games:
         if a.sparsity is None or a.threshold is None:
             s, t = table_setting(game)
@@ -259,8 +257,8 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         tuned = {x: load_agent(pruned_agent_name(game, x)) for x in {s, *sweep_sparsities}
                  if x > 0 and pruned_agent_name(game, x) in agent_names()}
         pruned, pruned_from = None, None
-        if a.pruned_checkpoint:
-            pruned, pruned_from = load_network_file(a.pruned_checkpoint), str(a.pruned_checkpoint)
+        if pruned_file is not None:
+            pruned, pruned_from = pruned_file, str(a.pruned_checkpoint)
         elif s in tuned:
             pruned, pruned_from = tuned[s], pruned_agent_name(game, s)
         if "table" in a.parts:

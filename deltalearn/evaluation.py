@@ -103,6 +103,14 @@ class EvalResult:
     def hns(self) -> float | None:
         return hns(self.env, self.mean_score) if is_atari(self.env) else None
 
+    def record(self, lengths: bool = False) -> dict[str, Any]:
+        """What an agent's manifest keeps of an evaluation: its seeds, scores and their summary
+        (with ``lengths``, each episode's number of decisions too)."""
+        d = self.to_dict()
+        keys = ("episodes", "seed", "epsilon", "scores") + (("lengths",) if lengths else ()) + (
+            "mean_score", "std_score") + (("hns",) if "hns" in d else ())
+        return {k: d[k] for k in keys}
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"env": self.env, "variant": self.variant, "seed": self.seed,
                              "epsilon": self.epsilon, "episodes": len(self.scores),
@@ -239,19 +247,14 @@ def replay(net: nn.Module, observations: np.ndarray, sparsity: float = 0.0,
             ref = torch.cat([dense(obs[i:i + batch]) for i in range(0, len(obs), batch)]).argmax(1).numpy()
     pol = Policy(net, sparsity, threshold)
     qs, cs = [], []
-    if pol.delta is None:
-        for i in range(0, len(obs), batch):
-            q, c = pol(obs[i:i + batch])
-            qs.append(q)
-            cs.append(c)
-    else:
-        for t in range(len(obs)):
-            q, c = pol(obs[t:t + 1])
-            # numpy copies: thousands of tiny torch tensors kept across steps pin the allocator's
-            # heap between each step's large temporaries (memory grew ~100 KB per decision)
-            qs.append(q.numpy().copy())
-            cs.append(c.numpy().copy())
-    q = np.concatenate([np.asarray(x) for x in qs])
-    report = MultiplicationReport.from_counts(pol.names, pol.dense_per_step,
-                                              np.concatenate([np.asarray(x) for x in cs]), label=pol.label)
+    # a delta network steps one decision at a time, a dense one takes whole batches
+    step = 1 if pol.delta is not None else batch
+    for i in range(0, len(obs), step):
+        q, c = pol(obs[i:i + step])
+        # numpy copies: thousands of tiny torch tensors kept across steps pin the allocator's
+        # heap between each step's large temporaries (memory grew ~100 KB per decision)
+        qs.append(q.numpy().copy())
+        cs.append(c.numpy().copy())
+    q = np.concatenate(qs)
+    report = MultiplicationReport.from_counts(pol.names, pol.dense_per_step, np.concatenate(cs), label=pol.label)
     return ReplayResult(q.argmax(1), ref, report, q)
