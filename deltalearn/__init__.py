@@ -1,6 +1,14 @@
 """deltalearn: fewer multiplications for DQN agents through pruning and delta networks.
 
-A chapter needs only ``import deltalearn as dl``; everything public is re-exported here.
+A chapter needs only ``import deltalearn as dl``. The top level holds what a student uses in the
+chapters; everything else lives in four namespaces, one per floor of the library:
+
+- ``dl.core``: networks, counting, pruning, delta networks (modelling and measurement)
+- ``dl.store``: checkpoint files, shipped agents, recorded episodes
+- ``dl.rl``: environments, replay memory, Double DQN, evaluation, distillation
+- ``dl.study``: the paper's games and settings, reproduced tables and sweeps, statistics
+
+A floor imports only the floors listed before it; ``deltalearn.cli`` sits on top.
 
 Environment variable ``DELTALEARN_ONEDNN``: ``0`` (or ``off``, ``false``, ``no``) switches
 torch's oneDNN (mkldnn) kernels off when deltalearn is imported, ``1`` (or ``on``, ``true``,
@@ -27,27 +35,17 @@ def _onednn_switch(value: str | None) -> None:
 
 _onednn_switch(_os.environ.get("DELTALEARN_ONEDNN"))
 
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from .counting import (COUNT_FLOOR, COUNT_RTOL, LayerCount, MultiplicationReport, combine, count_dense,
-                       count_forward, count_weights, counts_close, dense_counts, dense_products, layer_names,
-                       significant_products, weight_layers)
-from .delta import DeltaNetwork, check_threshold
-from .dqn import DQNConfig, TrainResult, copy_weights, load_state, select_device, train
-from .envs import (ENV_NAMES, GAMES, GameInfo, action_count, check_actions, game_info, hns, is_atari, make_env,
-                   make_vector_env, network_actions)
-from .evaluation import EvalResult, Policy, ReplayResult, default_epsilon, evaluate, make_policy, replay
-from .nets import MODELS, NetworkSpec, QNetwork, build_network, mlp_qnet, nature_dqn, plain_copy
-from .pruning import SparsityReport, check_sparsity, is_pruned, make_permanent, prune_network, sparsity_report
-from .replay import Batch, ReplayBuffer
+from . import core, rl, store, study
+from .core import (DeltaNetwork, MultiplicationReport, QNetwork, count_dense, count_weights, counts_close,
+                   layer_names, make_permanent, mlp_qnet, nature_dqn, prune_network, sparsity_report, weight_layers)
+from .rl import DQNConfig, ReplayBuffer, evaluate, make_env, replay, train
+from .store import agent_names, agent_record, load_agent, load_trajectory
 
-from .distill import DistillConfig, prune_and_distill
-from .agents import (AGENT_DIR, agent_names, agent_record, agent_table, export_agent, fp16_rounded, load_agent,
-                     load_agent_or_file, load_network_file, pruned_agent_name, record_evaluation)
-from .stats import PairedComparison, paired_comparison
-from .reproduce import (FIGURE_GAMES, FIRST_PERSON_GAMES, HELDOUT_EPISODES, HELDOUT_SEED, INPUT_THRESHOLDS,
-                        TUNING_EPISODES, TUNING_SEED, OUR_SETTINGS, PAPER_RANGES,
-                        PAPER_SETTINGS, SIX_GAMES, SWEEP_THRESHOLDS, reproduce_sweep, reproduce_table,
-                        layer_shares, six_game_summary, summary_row, sweep_thresholds, table_setting, write_results)
-from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names
+# TRANSITION (issue 16): the old flat names, kept until the chapters and tests use the new ones
+from .core import *  # noqa: F401,F403,E402
+from .rl import *  # noqa: F401,F403,E402
+from .store import *  # noqa: F401,F403,E402
+from .study import *  # noqa: F401,F403,E402
+from .rl.evaluation import replay  # noqa: E402  (the function, not a module)
 
 __version__ = "0.1.0"

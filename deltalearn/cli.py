@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
-    from .nets import QNetwork
+    from .core.nets import QNetwork
 
 __all__ = ["main"]
 
@@ -19,7 +19,7 @@ DEFAULT_REPRODUCE_OUT = "book/data/reproduce"
 
 
 def _threshold(text: str) -> float | list[float]:
-    from .delta import check_threshold
+    from .core.delta import check_threshold
 
     parts = [p for p in text.split(",") if p.strip()]
     try:
@@ -36,7 +36,7 @@ def _threshold_or_none(text: str) -> float | list[float] | None:
 
 
 def _sparsity(text: str) -> float:
-    from .pruning import check_sparsity
+    from .core.pruning import check_sparsity
 
     try:
         return check_sparsity(text)
@@ -45,7 +45,7 @@ def _sparsity(text: str) -> float:
 
 
 def _parse_set(items: Sequence[str], config: type | None = None) -> dict[str, Any]:
-    from .dqn import DQNConfig
+    from .rl.dqn import DQNConfig
 
     names = {f.name for f in fields(config or DQNConfig)}
     out: dict[str, Any] = {}
@@ -74,8 +74,8 @@ def _network(source: str | None, game: str, option: str = "--agent") -> tuple[QN
     """The network an option names (a shipped agent, or a ``.pt`` file; by default ``game``'s
     shipped agent) with its manifest record (``None`` for a file), checked to be made for
     ``game`` before anything plays."""
-    from .agents import agent_names, agent_record, load_agent_or_file
-    from .envs import check_actions
+    from .store.agents import agent_names, agent_record, load_agent_or_file
+    from .rl.envs import check_actions
 
     name = source or game
     net = load_agent_or_file(name)
@@ -87,11 +87,11 @@ def _network(source: str | None, game: str, option: str = "--agent") -> tuple[QN
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .agents import export_agent, fp16_rounded
-    from .checkpoint import load_checkpoint
-    from .dqn import DQNConfig, train
-    from .envs import is_atari
-    from .evaluation import evaluate
+    from .store.agents import export_agent, fp16_rounded
+    from .store.checkpoint import load_checkpoint
+    from .rl.dqn import DQNConfig, train
+    from .rl.envs import is_atari
+    from .rl.evaluation import evaluate
 
     over = _parse_set(a.set or [])
     if a.steps is not None:
@@ -129,9 +129,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    from .agents import export_agent, fp16_rounded, pruned_agent_name, sha256
-    from .distill import DistillConfig, prune_and_distill
-    from .evaluation import evaluate
+    from .store.agents import export_agent, fp16_rounded, pruned_agent_name, sha256
+    from .rl.distill import DistillConfig, prune_and_distill
+    from .rl.evaluation import evaluate
 
     cfg = DistillConfig.from_dict({**_parse_set(a.set or [], DistillConfig), "seed": a.seed})
     if a.stages:
@@ -167,14 +167,14 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .agents import load_network_file
-    from .envs import check_actions
-    from .evaluation import evaluate
+    from .store.agents import load_network_file
+    from .rl.envs import check_actions
+    from .rl.evaluation import evaluate
 
     if a.checkpoint and a.agent:
         raise ValueError("give --agent or --checkpoint, not both")
     if a.heldout:  # the reporting episodes, never used to choose anything
-        from .reproduce import HELDOUT_EPISODES, HELDOUT_SEED
+        from .study.reproduce import HELDOUT_EPISODES, HELDOUT_SEED
 
         a.seed, a.episodes = HELDOUT_SEED, HELDOUT_EPISODES
     name = a.agent or a.game
@@ -192,7 +192,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                    sparsity=a.sparsity, threshold=a.threshold, progress=not a.json and not a.no_progress)
     d = res.to_dict()
     if a.record:
-        from .agents import record_evaluation
+        from .store.agents import record_evaluation
 
         record_evaluation(name, "heldout_evaluation", res.record(lengths=True))
     if a.json:
@@ -205,9 +205,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_count(a: argparse.Namespace) -> int:
-    from .counting import count_weights
-    from .nets import mlp_qnet, nature_dqn
-    from .pruning import make_permanent, prune_network
+    from .core.counting import count_weights
+    from .core.nets import mlp_qnet, nature_dqn
+    from .core.pruning import make_permanent, prune_network
 
     import torch
 
@@ -226,13 +226,14 @@ def cmd_count(a: argparse.Namespace) -> int:
 def cmd_reproduce(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from .agents import agent_names, agent_record, load_agent, load_network_file, pruned_agent_name
-    from .counting import layer_names
-    from .envs import check_actions
-    from .reproduce import (HELDOUT_EPISODES, HELDOUT_SEED, OUR_SETTINGS, PAPER_SETTINGS, SIX_GAMES,
+    from .store.agents import agent_names, agent_record, load_agent, load_network_file, pruned_agent_name
+    from .core.counting import layer_names
+    from .rl.envs import check_actions
+    from .study.reproduce import (HELDOUT_EPISODES, HELDOUT_SEED, OUR_SETTINGS, PAPER_SETTINGS, SIX_GAMES,
                             reproduce_sweep, reproduce_table, six_game_summary, sweep_thresholds, table_setting,
                             write_results)
-    from .trajectories import load_trajectory, record_trajectory, save_trajectory, trajectory_names
+    from .rl.evaluation import record_trajectory
+    from .store.trajectories import load_trajectory, save_trajectory, trajectory_names
 
     if a.heldout:  # the reporting episodes: tables only, no one-shot row, in their own folder
         a.seed, a.episodes, a.parts = HELDOUT_SEED, HELDOUT_EPISODES, ["table"]
@@ -293,7 +294,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 
 def cmd_agents(a: argparse.Namespace) -> int:
-    from .agents import agent_table
+    from .store.agents import agent_table
 
     rows = agent_table()
     if a.json:
@@ -325,8 +326,8 @@ def cmd_agents(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .envs import ENV_NAMES
-    from .nets import MODELS
+    from .rl.envs import ENV_NAMES
+    from .core.nets import MODELS
 
     p = argparse.ArgumentParser(prog="deltalearn", description="Pruning + delta networks for DQN agents: "
                                 "train agents, evaluate them with fewer multiplications, count multiplications.")
@@ -454,7 +455,7 @@ def _written_since(directory: str | None, started: float) -> list[str]:
 
 def _interrupted(a: argparse.Namespace, e: KeyboardInterrupt, started: float) -> str:
     """What a command had done when Ctrl-C (or SIGTERM, in training) stopped it, and what it kept."""
-    from .checkpoint import CheckpointError, load_checkpoint
+    from .store.checkpoint import CheckpointError, load_checkpoint
 
     how, cause = "interrupted", e  # training turns SIGTERM into KeyboardInterrupt("signal 15")
     while cause is not None:

@@ -24,7 +24,7 @@ def trajectory():
 def test_shipped_agent_matches_its_manifest(cartpole):
     assert "CartPole-v1" in dl.agent_names()
     rec = dl.agent_record("CartPole-v1")
-    assert dl.agents.sha256(dl.AGENT_DIR / rec["file"]) == rec["sha256"]
+    assert dl.store.agents.sha256(dl.AGENT_DIR / rec["file"]) == rec["sha256"]
     assert dl.NetworkSpec.from_dict(rec["spec"]) == cartpole.spec
     assert cartpole.spec.model == "mlp" and cartpole.n_actions == 2 and cartpole.input_shape == (4,)
 

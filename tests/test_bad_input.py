@@ -253,8 +253,8 @@ def no_frames(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("an environment was built to play before the action check")
 
-    monkeypatch.setattr(dl.evaluation, "make_env", refuse)
-    monkeypatch.setattr(dl.dqn, "make_vector_env", refuse)
+    monkeypatch.setattr(dl.rl.evaluation, "make_env", refuse)
+    monkeypatch.setattr(dl.rl.dqn, "make_vector_env", refuse)
 
 
 @pytest.mark.parametrize("game, n", [("CartPole-v1", 2), ("Breakout", 4), ("SpaceInvaders", 6)])
@@ -290,7 +290,7 @@ def test_reproduce_table_and_sweep_refuse_a_network_for_another_game(no_frames, 
         dl.reproduce_table(invaders, "Breakout", 0.5, 0.001, episodes=1, progress=False)
     with pytest.raises(ValueError, match="the pruned network has 6 actions"):
         dl.reproduce_table(breakout, "Breakout", 0.5, 0.001, episodes=1, progress=False, pruned_net=invaders)
-    monkeypatch.setattr(dl.reproduce, "replay", lambda *a, **k: pytest.fail("replayed before the check"))
+    monkeypatch.setattr(dl.study.reproduce, "replay", lambda *a, **k: pytest.fail("replayed before the check"))
     obs = torch.zeros(2, 4, 84, 84, dtype=torch.uint8).numpy()
     with pytest.raises(ValueError, match="has 4 actions .* SpaceInvaders has 6"):
         dl.reproduce_sweep(breakout, "SpaceInvaders", obs, [0.0], [None], episodes=1, progress=False)

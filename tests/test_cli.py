@@ -120,7 +120,7 @@ def test_distill_exports_pruned_stages_whose_records_reproduce(tmp_path, capsys,
     args = ["distill", "--game", "CartPole-v1", "--stages", "0.5", "0.8", "--keep", "0.8", "--eval-episodes", "2",
             "--run-dir", str(tmp_path / "run"), "--export", str(agents), "--no-progress",
             "--set", "rounds=1", "updates=60", "episodes=2", "max_steps=200", "threads=1"]
-    monkeypatch.setattr(dl.agents, "AGENT_DIR", agents)  # the teacher is read from the copy
+    monkeypatch.setattr(dl.store.agents, "AGENT_DIR", agents)  # the teacher is read from the copy
     assert cli.main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert [p["sparsity"] for p in out["pruned"]] == [0.8]
@@ -148,7 +148,7 @@ def test_evaluate_refuses_an_agent_of_another_game(capsys):
 def test_reproduce_end_to_end_with_a_distilled_agent(tmp_path, monkeypatch, capsys):
     agents, traj, out = tmp_path / "agents", tmp_path / "traj", tmp_path / "out"
     shutil.copytree(dl.AGENT_DIR, agents)
-    monkeypatch.setattr(dl.agents, "AGENT_DIR", agents)
+    monkeypatch.setattr(dl.store.agents, "AGENT_DIR", agents)
     assert cli.main(["distill", "--game", "CartPole-v1", "--stages", "0.5", "--eval-episodes", "1", "--no-progress",
                      "--run-dir", str(tmp_path / "run"), "--export", str(agents),
                      "--set", "rounds=1", "updates=30", "episodes=1", "max_steps=100", "threads=1"]) == 0
@@ -218,8 +218,8 @@ def no_play(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("an environment was built to play before the action check")
 
-    monkeypatch.setattr(dl.evaluation, "make_env", refuse)
-    monkeypatch.setattr(dl.dqn, "make_vector_env", refuse)
+    monkeypatch.setattr(dl.rl.evaluation, "make_env", refuse)
+    monkeypatch.setattr(dl.rl.dqn, "make_vector_env", refuse)
 
 
 @pytest.mark.parametrize("argv", [
@@ -282,7 +282,7 @@ def test_agents_shows_a_heldout_column_once_a_record_has_one(tmp_path, monkeypat
     man["Breakout"]["heldout_evaluation"] = {"episodes": 30, "seed": 1000, "mean_score": 37.25}
     man["Pong"].pop("heldout_evaluation", None)  # a record without one shows "-"
     (tmp_path / "manifest.json").write_text(json.dumps(man))
-    monkeypatch.setattr(dl.agents, "AGENT_DIR", tmp_path)
+    monkeypatch.setattr(dl.store.agents, "AGENT_DIR", tmp_path)
     assert cli.main(["agents"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "held-out (30 ep)" in lines[0]
@@ -299,7 +299,7 @@ def test_agents_shows_a_heldout_column_once_a_record_has_one(tmp_path, monkeypat
 def test_interrupted_evaluate_says_how_far_it_got(monkeypatch, capsys):
     import gymnasium as gym
 
-    real = dl.evaluation.make_env
+    real = dl.rl.evaluation.make_env
     ended = []
 
     class CtrlCAfterThree(gym.Wrapper):
@@ -313,7 +313,7 @@ def test_interrupted_evaluate_says_how_far_it_got(monkeypatch, capsys):
                 ended.append(1)
             return out
 
-    monkeypatch.setattr(dl.evaluation, "make_env", lambda *a, **k: CtrlCAfterThree(real(*a, **k)))
+    monkeypatch.setattr(dl.rl.evaluation, "make_env", lambda *a, **k: CtrlCAfterThree(real(*a, **k)))
     code = cli.main(["evaluate", "--game", "CartPole-v1", "--episodes", "10", "--no-progress", "--threads", "1"])
     err = capsys.readouterr().err
     assert code == 130
@@ -322,7 +322,7 @@ def test_interrupted_evaluate_says_how_far_it_got(monkeypatch, capsys):
 
 def test_interrupted_reproduce_names_what_it_wrote_and_the_partial_table(monkeypatch, capsys, tmp_path):
     calls = []
-    real = dl.reproduce.evaluate
+    real = dl.study.reproduce.evaluate
 
     def evaluate(*a, **k):
         calls.append(1)
@@ -330,7 +330,7 @@ def test_interrupted_reproduce_names_what_it_wrote_and_the_partial_table(monkeyp
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(dl.reproduce, "evaluate", evaluate)
+    monkeypatch.setattr(dl.study.reproduce, "evaluate", evaluate)
     args = ["reproduce", "--game", "CartPole-v1", "--sparsity", "0.5", "--threshold", "0.01", "--episodes", "1",
             "--parts", "table", "--out", str(tmp_path), "--no-progress", "--threads", "1"]
     assert cli.main(args) == 130
@@ -338,5 +338,5 @@ def test_interrupted_reproduce_names_what_it_wrote_and_the_partial_table(monkeyp
     partial = tmp_path / "CartPole-v1_table.partial.json"
     assert err == (f"deltalearn reproduce: interrupted; nothing new was written to {tmp_path}; finished table "
                    f"variants (dense, pruned) are kept in {partial}: the same command resumes them")
-    monkeypatch.setattr(dl.reproduce, "evaluate", real)
+    monkeypatch.setattr(dl.study.reproduce, "evaluate", real)
     assert cli.main(args) == 0 and not partial.exists()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import deltalearn as dl
-from deltalearn.distill import DistillConfig, prune_and_distill
+from deltalearn.rl.distill import DistillConfig, prune_and_distill
 
 
 class Killed(RuntimeError):

@@ -228,7 +228,7 @@ def test_starting_a_run_removes_stale_temporary_files_and_nothing_else(tmp_path,
 
 
 def test_a_distillation_run_dir_is_cleaned_of_stale_temporary_files_too(tmp_path, capsys):
-    from deltalearn.distill import DistillConfig, prune_and_distill
+    from deltalearn.rl.distill import DistillConfig, prune_and_distill
 
     run = tmp_path / "distill"
     run.mkdir()

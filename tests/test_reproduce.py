@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import deltalearn as dl
-from deltalearn.reproduce import reproduce_sweep, reproduce_table, write_results
+from deltalearn.study.reproduce import reproduce_sweep, reproduce_table, write_results
 
 
 def test_table_pairs_variants_on_the_same_episodes(tmp_path):
@@ -156,7 +156,7 @@ def test_summary_row_reads_the_four_variants_and_pairs_the_scores():
 
 
 def test_a_killed_table_resumes_from_its_finished_variants(tmp_path, monkeypatch):
-    import deltalearn.reproduce as R
+    import deltalearn.study.reproduce as R
 
     net = dl.load_agent("CartPole-v1")
     partial = tmp_path / "CartPole-v1_table.partial.json"

@@ -10,22 +10,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
 from .checkpoint import atomic_write
-from .evaluation import evaluate
 
-__all__ = ["DATA_DIR", "record_trajectory", "save_trajectory", "load_trajectory", "trajectory_names"]
+__all__ = ["DATA_DIR", "save_trajectory", "load_trajectory", "trajectory_names"]
 
-DATA_DIR = Path(__file__).parent / "data"
-
-
-def record_trajectory(net: nn.Module, env_name: str, seed: int = 0, epsilon: float | None = None,
-                      max_steps: int | None = None) -> dict[str, np.ndarray]:
-    """Play one seeded episode and return its observations, actions and score."""
-    res = evaluate(net, env_name, episodes=1, seed=seed, epsilon=epsilon, record=True, max_steps=max_steps)
-    return {"observations": res.observations[0], "actions": res.actions[0],
-            "score": np.array(res.scores[0]), "seed": np.array(seed)}
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 def _is_frame_stack(obs: np.ndarray) -> bool:

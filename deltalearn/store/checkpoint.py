@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import torch
 
-from .nets import NetworkSpec
-from .status import status_line
+from ..core.nets import NetworkSpec
+from .._status import status_line
 
 __all__ = ["CheckpointError", "atomic_write", "remove_stale_temporaries", "save_checkpoint", "load_checkpoint",
            "check_spec"]

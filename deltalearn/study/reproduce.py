@@ -18,15 +18,15 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .agents import agent_names, load_agent
-from .checkpoint import atomic_write
-from .counting import count_weights
-from .envs import check_actions
-from .evaluation import evaluate, replay
-from .nets import QNetwork, plain_copy
-from .pruning import check_sparsity, prune_network
+from ..store.agents import agent_names, load_agent
+from ..store.checkpoint import atomic_write
+from ..core.counting import count_weights
+from ..rl.envs import check_actions
+from ..rl.evaluation import evaluate, replay
+from ..core.nets import QNetwork, plain_copy
+from ..core.pruning import check_sparsity, prune_network
 from .stats import paired_comparison
-from .status import status_line
+from .._status import status_line
 
 __all__ = ["PAPER_SETTINGS", "PAPER_RANGES", "SIX_GAMES", "FIGURE_GAMES", "FIRST_PERSON_GAMES", "OUR_SETTINGS",
            "SWEEP_THRESHOLDS", "TUNING_SEED", "TUNING_EPISODES", "HELDOUT_SEED", "HELDOUT_EPISODES", "INPUT_THRESHOLDS", "sweep_thresholds", "table_setting",

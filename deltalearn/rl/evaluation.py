@@ -14,13 +14,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .counting import MultiplicationReport, count_forward, dense_counts, layer_names
-from .delta import DeltaNetwork
+from ..core.counting import MultiplicationReport, count_forward, dense_counts, layer_names
+from ..core.delta import DeltaNetwork
 from .envs import check_actions, hns, is_atari, make_env
-from .nets import plain_copy
-from .pruning import check_sparsity, make_permanent, prune_network
+from ..core.nets import plain_copy
+from ..core.pruning import check_sparsity, make_permanent, prune_network
 
-__all__ = ["Policy", "make_policy", "evaluate", "EvalResult", "replay", "ReplayResult", "default_epsilon"]
+__all__ = ["Policy", "make_policy", "evaluate", "EvalResult", "replay", "ReplayResult", "default_epsilon", "record_trajectory"]
 
 
 def default_epsilon(env_name: str) -> float:
@@ -258,3 +258,11 @@ def replay(net: nn.Module, observations: np.ndarray, sparsity: float = 0.0,
     q = np.concatenate(qs)
     report = MultiplicationReport.from_counts(pol.names, pol.dense_per_step, np.concatenate(cs), label=pol.label)
     return ReplayResult(q.argmax(1), ref, report, q)
+
+
+def record_trajectory(net: nn.Module, env_name: str, seed: int = 0, epsilon: float | None = None,
+                      max_steps: int | None = None) -> dict[str, np.ndarray]:
+    """Play one seeded episode and return its observations, actions and score."""
+    res = evaluate(net, env_name, episodes=1, seed=seed, epsilon=epsilon, record=True, max_steps=max_steps)
+    return {"observations": res.observations[0], "actions": res.actions[0],
+            "score": np.array(res.scores[0]), "seed": np.array(seed)}

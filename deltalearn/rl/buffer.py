@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write
+from ..store.checkpoint import atomic_write
 
 __all__ = ["ReplayBuffer", "Batch"]
 

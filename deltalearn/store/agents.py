@@ -17,12 +17,12 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, atomic_write, check_spec, load_checkpoint, save_checkpoint
-from .nets import NetworkSpec, QNetwork, build_network
+from ..core.nets import NetworkSpec, QNetwork, build_network, copy_weights, load_state, WeightsMismatch
 
 __all__ = ["AGENT_DIR", "agent_names", "agent_record", "load_agent", "export_agent", "fp16_rounded", "pruned_agent_name", "record_evaluation",
            "load_network_file", "load_agent_or_file", "agent_table", "sha256"]
 
-AGENT_DIR = Path(__file__).parent / "agents"
+AGENT_DIR = Path(__file__).resolve().parent.parent / "agents"
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -61,13 +61,14 @@ def agent_record(name: str, directory: str | os.PathLike | None = None) -> dict[
 
 def load_network_file(path: str | os.PathLike, expected: NetworkSpec | None = None) -> QNetwork:
     """Load a network saved by :func:`export_agent` or a training ``best.pt``/``checkpoint.pt``."""
-    from .dqn import load_state
-
     data = load_checkpoint(path)
     spec = NetworkSpec.from_dict(data["spec"])
     if expected is not None:
         check_spec(data, expected, path)
-    return load_state(build_network(spec), data["model"]).eval()
+    try:
+        return load_state(build_network(spec), data["model"]).eval()
+    except WeightsMismatch as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {e}") from None
 
 
 def load_agent(name: str, directory: str | os.PathLike | None = None) -> QNetwork:
@@ -134,8 +135,6 @@ def pruned_agent_name(game: str, sparsity: float) -> str:
 
 def fp16_rounded(net: QNetwork) -> QNetwork:
     """A plain copy of ``net`` whose weights went through fp16, as a shipped agent's do."""
-    from .dqn import copy_weights
-
     plain = build_network(net.spec)
     copy_weights(net, plain)
     with torch.no_grad():
@@ -147,8 +146,6 @@ def fp16_rounded(net: QNetwork) -> QNetwork:
 def export_agent(net: QNetwork, name: str, record: dict[str, Any],
                  directory: str | os.PathLike | None = None) -> Path:
     """Write ``net`` as a compact fp16 agent file and add it to the manifest."""
-    from .dqn import copy_weights
-
     d = Path(directory) if directory else AGENT_DIR
     plain = build_network(net.spec)
     copy_weights(net, plain)

@@ -26,16 +26,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import (CheckpointError, atomic_write, check_spec, load_checkpoint, remove_stale_temporaries,
+from ..store.checkpoint import (CheckpointError, atomic_write, check_spec, load_checkpoint, remove_stale_temporaries,
                          save_checkpoint)
 from .envs import check_actions, is_atari, make_vector_env
 from .evaluation import evaluate
-from .nets import NetworkSpec, QNetwork, build_network, copy_weights, plain_copy
-from .pruning import check_sparsity, prune_network
-from .replay import ReplayBuffer
-from .status import status_line
+from ..core.nets import NetworkSpec, QNetwork, build_network, copy_weights, load_state, plain_copy
+from ..core.pruning import check_sparsity, prune_network
+from .buffer import ReplayBuffer
+from .._status import status_line
 
-__all__ = ["DQNConfig", "TrainResult", "train", "load_state", "copy_weights", "select_device"]
+__all__ = ["DQNConfig", "TrainResult", "train", "select_device"]
 
 
 @dataclass
@@ -179,20 +179,6 @@ def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def load_state(net: QNetwork, state: dict[str, torch.Tensor]) -> QNetwork:
-    """Load a state dict, pruned (``weight_orig``/``weight_mask``) or plain, into ``net``."""
-    from torch.nn.utils import prune
-
-    for name, m in net.body.named_children():
-        if f"body.{name}.weight_mask" in state and not hasattr(m, "weight_mask"):
-            prune.identity(m, "weight")
-    try:
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except RuntimeError as e:
-        raise CheckpointError(f"weights do not fit network {net.spec}: {str(e).splitlines()[0]}") from None
-    return net
 
 
 def _spec_for(cfg: DQNConfig, envs: Any) -> NetworkSpec:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 __all__ = ["QNetwork", "NetworkSpec", "nature_dqn", "mlp_qnet", "build_network", "MODELS", "copy_weights",
-           "plain_copy"]
+           "plain_copy", "load_state", "WeightsMismatch"]
 
 MODELS = ("nature-dqn", "mlp")
 
@@ -134,3 +134,21 @@ def plain_copy(net: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(net).eval()
+
+
+class WeightsMismatch(ValueError):
+    """A state dict whose tensors do not fit the network it is loaded into."""
+
+
+def load_state(net: QNetwork, state: dict[str, torch.Tensor]) -> QNetwork:
+    """Load a state dict, pruned (``weight_orig``/``weight_mask``) or plain, into ``net``."""
+    from torch.nn.utils import prune
+
+    for name, m in net.body.named_children():
+        if f"body.{name}.weight_mask" in state and not hasattr(m, "weight_mask"):
+            prune.identity(m, "weight")
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as e:
+        raise WeightsMismatch(f"weights do not fit network {net.spec}: {str(e).splitlines()[0]}") from None
+    return net

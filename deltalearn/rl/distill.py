@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, check_spec, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from ..store.checkpoint import CheckpointError, check_spec, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .envs import check_actions
 from .evaluation import evaluate
-from .nets import QNetwork, build_network, copy_weights, plain_copy
-from .pruning import check_sparsity, prune_network, sparsity_report
-from .status import status_line
+from ..core.nets import QNetwork, build_network, copy_weights, plain_copy
+from ..core.pruning import check_sparsity, prune_network, sparsity_report
+from .._status import status_line
 
 __all__ = ["DistillConfig", "prune_and_distill"]
 

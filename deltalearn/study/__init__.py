@@ -1,0 +1,6 @@
+"""The paper study: its games and settings, the reproduced tables and sweeps, and their statistics."""
+from .reproduce import *  # noqa: F401,F403
+from .stats import *  # noqa: F401,F403
+from . import reproduce, stats
+
+__all__ = reproduce.__all__ + stats.__all__
