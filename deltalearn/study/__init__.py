@@ -1,6 +1,7 @@
 """The paper study: its games and settings, the reproduced tables and sweeps, and their statistics."""
+from .pruned_agents import *  # noqa: F401,F403
 from .reproduce import *  # noqa: F401,F403
 from .stats import *  # noqa: F401,F403
-from . import reproduce, stats
+from . import pruned_agents, reproduce, stats
 
-__all__ = reproduce.__all__ + stats.__all__
+__all__ = pruned_agents.__all__ + reproduce.__all__ + stats.__all__
