@@ -48,8 +48,11 @@ def test_bad_sparsity(bad, shown):
     assert not dl.is_pruned(net)
     with pytest.raises(ValueError, match="sparsity"):
         dl.check_sparsity(bad)
+    with pytest.raises(ValueError, match="sparsity") as e:
+        dl.Variant(sparsity=bad)
+    assert shown in str(e.value)
     with pytest.raises(ValueError, match="sparsity"):
-        dl.make_policy(net, sparsity=bad)
+        dl.evaluate(net, "CartPole-v1", episodes=1, sparsity=bad)
 
 
 def test_bad_scope():

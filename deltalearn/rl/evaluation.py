@@ -14,67 +14,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.counting import MultiplicationReport, count_forward, dense_counts, layer_names
-from ..core.delta import DeltaNetwork
-from .envs import check_actions, hns, is_atari, make_env
+from ..core.counting import MultiplicationReport
 from ..core.nets import plain_copy
-from ..core.pruning import check_sparsity, make_permanent, prune_network
+from ..core.variants import Policy, Variant, as_variant
+from .envs import check_actions, example_observation, hns, is_atari, make_env
 
-__all__ = ["Policy", "make_policy", "evaluate", "EvalResult", "replay", "ReplayResult", "default_epsilon", "record_trajectory"]
+__all__ = ["evaluate", "EvalResult", "replay", "ReplayResult", "default_epsilon", "record_trajectory"]
 
 
-def default_epsilon(env_name: str) -> float:
+def default_epsilon(env: str) -> float:
     """0.05 for Atari (Nature DQN's evaluation), 0 (greedy) for CartPole."""
-    return 0.05 if is_atari(env_name) else 0.0
-
-
-class Policy:
-    """Q-values plus multiplication counts for a batch of independent streams.
-
-    Built by :func:`make_policy`; ``variant`` is ``dense``, ``pruned``, ``delta`` or
-    ``pruned+delta``.
-    """
-
-    def __init__(self, net: nn.Module, sparsity: float = 0.0, threshold: float | Sequence[float] | None = None,
-                 scope: str = "layer", drift_free: bool = True) -> None:
-        sparsity = check_sparsity(sparsity)
-        self.sparsity, self.threshold = sparsity, threshold
-        net = plain_copy(net)
-        if sparsity > 0:
-            prune_network(net, sparsity, scope=scope)
-            make_permanent(net)
-        self.net = net
-        self.delta = None if threshold is None else DeltaNetwork(net, threshold, drift_free=drift_free)
-        self.names = layer_names(net)
-        self.dense_per_step = dense_counts(net)
-        parts = (["pruned"] if sparsity > 0 else []) + (["delta"] if threshold is not None else [])
-        self.variant = "+".join(parts) or "dense"
-
-    @property
-    def label(self) -> str:
-        bits = []
-        if self.sparsity > 0:
-            bits.append(f"sparsity {self.sparsity:g}")
-        if self.threshold is not None:
-            bits.append(f"threshold {self.threshold if isinstance(self.threshold, (int, float)) else list(self.threshold)}")
-        return self.variant + (f" ({', '.join(bits)})" if bits else "")
-
-    def reset(self, rows: Sequence[int] | None = None) -> None:
-        if self.delta is not None:
-            self.delta.reset(rows)
-
-    def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Q-values (batch, actions) and significant products (batch, layers)."""
-        if self.delta is not None:
-            q = self.delta(obs)
-            return q, self.delta.last_counts
-        return count_forward(self.net, obs)
-
-
-def make_policy(net: nn.Module, sparsity: float = 0.0, threshold: float | Sequence[float] | None = None,
-                scope: str = "layer") -> Policy:
-    """A policy for one of the four variants; ``threshold=None`` means no delta."""
-    return Policy(net, sparsity, threshold, scope)
+    return 0.05 if is_atari(env) else 0.0
 
 
 @dataclass
@@ -82,7 +32,8 @@ class EvalResult:
     """Scores and multiplication counts of an evaluation."""
 
     env: str
-    variant: str
+    variant: Variant
+    """What was played: ``variant.name`` is ``dense``, ``pruned``, ``delta`` or ``pruned+delta``."""
     seed: int
     epsilon: float
     scores: list[float]
@@ -112,7 +63,7 @@ class EvalResult:
         return {k: d[k] for k in keys}
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"env": self.env, "variant": self.variant, "seed": self.seed,
+        d: dict[str, Any] = {"env": self.env, "variant": self.variant.name, "seed": self.seed,
                              "epsilon": self.epsilon, "episodes": len(self.scores),
                              "scores": [float(s) for s in self.scores], "lengths": self.lengths,
                              "mean_score": self.mean_score, "std_score": self.std_score}
@@ -123,28 +74,31 @@ class EvalResult:
         return d
 
 
-def evaluate(net: nn.Module, env_name: str, episodes: int = 10, seed: int = 0,
-             epsilon: float | None = None, sparsity: float = 0.0,
-             threshold: float | Sequence[float] | None = None, parallel: int = 8,
-             record: bool = False, progress: bool = False, max_steps: int | None = None,
-             policy: Policy | None = None) -> EvalResult:
-    """Play ``episodes`` seeded episodes and count the multiplications of every decision.
+def evaluate(net: nn.Module, env: str, episodes: int = 10, seed: int = 0, variant: Variant | None = None, *,
+             sparsity: float | None = None, threshold: float | Sequence[float] | None = None,
+             epsilon: float | None = None, parallel: int = 8, record: bool = False, progress: bool = False,
+             max_steps: int | None = None) -> EvalResult:
+    """Play ``episodes`` seeded episodes of ``net`` as ``variant`` and count every decision's multiplications.
 
+    ``variant`` (a :class:`~deltalearn.core.variants.Variant`, dense by default) says what runs;
+    ``sparsity=`` and ``threshold=`` are shorthand for ``Variant(sparsity, threshold)``, and giving
+    both forms is an error. ``net`` is any supported Q-network (it is copied, never changed).
     ``epsilon`` defaults to :func:`default_epsilon`. ``record=True`` keeps every episode's
     observations and actions (for replays). ``max_steps`` caps an episode's length.
     Raises ValueError before any frame is played if the network's outputs are not the game's
     actions; a KeyboardInterrupt comes out saying how many episodes had finished.
     """
-    check_actions(policy.net if policy is not None else net, env_name)
+    variant = as_variant(variant, sparsity=sparsity, threshold=threshold, where="evaluate")
+    check_actions(net, env)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    eps = default_epsilon(env_name) if epsilon is None else float(epsilon)
+    eps = default_epsilon(env) if epsilon is None else float(epsilon)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
-    pol = policy if policy is not None else Policy(net, sparsity, threshold)
+    pol = Policy(net, variant, example_input=torch.as_tensor(example_observation(env))[None])
     device = next(pol.net.parameters()).device
     n_slots = max(1, min(parallel, episodes))
-    envs = [make_env(env_name) for _ in range(n_slots)]
+    envs = [make_env(env) for _ in range(n_slots)]
     slot_ep = [-1] * n_slots
     obs_now: list[np.ndarray | None] = [None] * n_slots
     rngs: list[np.random.Generator | None] = [None] * n_slots
@@ -156,7 +110,7 @@ def evaluate(net: nn.Module, env_name: str, episodes: int = 10, seed: int = 0,
     next_ep = finished = 0
     shape = envs[0].observation_space.shape
     pol.reset()
-    bar = tqdm(total=episodes, desc=f"{env_name} {pol.variant}", disable=not progress, unit="ep")
+    bar = tqdm(total=episodes, desc=f"{env} {variant.name}", disable=not progress, unit="ep")
 
     def start(slot: int) -> None:
         nonlocal next_ep
@@ -207,7 +161,7 @@ def evaluate(net: nn.Module, env_name: str, episodes: int = 10, seed: int = 0,
             e.close()
     per_step = np.concatenate([np.stack(c) for c in counts])
     report = MultiplicationReport.from_counts(pol.names, pol.dense_per_step, per_step, label=pol.label)
-    return EvalResult(env_name, pol.variant, seed, eps, scores, lengths, report,
+    return EvalResult(env, variant, seed, eps, scores, lengths, report,
                       actions=[np.array(a) for a in rec_act] if record else [],
                       observations=[np.stack(o) for o in rec_obs] if record else [])
 
@@ -220,6 +174,8 @@ class ReplayResult:
     reference_actions: np.ndarray
     report: MultiplicationReport
     q_values: np.ndarray = field(repr=False)
+    variant: Variant = field(default_factory=Variant)
+    """What was replayed (dense unless told otherwise)."""
 
     @property
     def agreement(self) -> float:
@@ -227,16 +183,21 @@ class ReplayResult:
         return float(np.mean(self.actions == self.reference_actions))
 
 
-def replay(net: nn.Module, observations: np.ndarray, sparsity: float = 0.0,
-           threshold: float | Sequence[float] | None = None, batch: int = 256,
-           reference: nn.Module | np.ndarray | None = None) -> ReplayResult:
-    """Feed one recorded episode (steps, *obs_shape) through a variant; compare greedy actions
-    with a reference. Open loop: a cheap proxy for closed-loop scores.
+def replay(net: nn.Module, observations: np.ndarray, variant: Variant | None = None, *,
+           sparsity: float | None = None, threshold: float | Sequence[float] | None = None,
+           batch: int = 256, reference: nn.Module | np.ndarray | None = None) -> ReplayResult:
+    """Feed one recorded episode (steps, *obs_shape) through ``net`` as ``variant``; compare its
+    greedy actions with a reference. Open loop: a cheap proxy for closed-loop scores.
 
+    ``variant`` and the ``sparsity=``/``threshold=`` shorthand work as in :func:`evaluate`.
     ``reference`` is the network (or the array of actions) to agree with; by default ``net``
     itself, which is the dense agent unless ``net`` was already pruned or fine-tuned.
     """
+    variant = as_variant(variant, sparsity=sparsity, threshold=threshold, where="replay")
     obs = torch.as_tensor(np.asarray(observations))
+    if obs.ndim < 2 or len(obs) == 0:
+        raise ValueError(f"observations must be one episode of shape (steps, *obs_shape) with steps >= 1, "
+                         f"got shape {tuple(obs.shape)}")
     if isinstance(reference, np.ndarray):
         if reference.shape != (len(obs),):
             raise ValueError(f"reference actions have shape {reference.shape}; expected ({len(obs)},)")
@@ -245,7 +206,7 @@ def replay(net: nn.Module, observations: np.ndarray, sparsity: float = 0.0,
         dense = plain_copy(net if reference is None else reference)
         with torch.no_grad():
             ref = torch.cat([dense(obs[i:i + batch]) for i in range(0, len(obs), batch)]).argmax(1).numpy()
-    pol = Policy(net, sparsity, threshold)
+    pol = Policy(net, variant, example_input=obs[:1])
     qs, cs = [], []
     # a delta network steps one decision at a time, a dense one takes whole batches
     step = 1 if pol.delta is not None else batch
@@ -257,12 +218,12 @@ def replay(net: nn.Module, observations: np.ndarray, sparsity: float = 0.0,
         cs.append(c.numpy().copy())
     q = np.concatenate(qs)
     report = MultiplicationReport.from_counts(pol.names, pol.dense_per_step, np.concatenate(cs), label=pol.label)
-    return ReplayResult(q.argmax(1), ref, report, q)
+    return ReplayResult(q.argmax(1), ref, report, q, variant)
 
 
-def record_trajectory(net: nn.Module, env_name: str, seed: int = 0, epsilon: float | None = None,
+def record_trajectory(net: nn.Module, env: str, seed: int = 0, epsilon: float | None = None,
                       max_steps: int | None = None) -> dict[str, np.ndarray]:
-    """Play one seeded episode and return its observations, actions and score."""
-    res = evaluate(net, env_name, episodes=1, seed=seed, epsilon=epsilon, record=True, max_steps=max_steps)
+    """Play one seeded episode of the dense ``net`` and return its observations, actions and score."""
+    res = evaluate(net, env, episodes=1, seed=seed, epsilon=epsilon, record=True, max_steps=max_steps)
     return {"observations": res.observations[0], "actions": res.actions[0],
             "score": np.array(res.scores[0]), "seed": np.array(seed)}
