@@ -40,7 +40,7 @@ def test_conv_significant_products_equal_brute_force(name, pruned):
         assert int((layer.weight == 0).sum()) >= round(0.6 * layer.weight.numel())
     x = sparse_randn((3, *in_shape), 0.4, gen)  # zeros in the inputs
     x[2] = 0  # an all-zero sample
-    got = dl.significant_products(layer, x != 0)
+    got = dl.core.significant_products(layer, x != 0)
     want = brute_conv_pairs(layer, x)
     assert got.dtype == torch.int64 and got.shape == (3,)
     assert got.tolist() == want
@@ -48,7 +48,7 @@ def test_conv_significant_products_equal_brute_force(name, pruned):
     # an explicit weight overrides the layer's
     w2 = layer.weight.detach().clone()
     w2[0] = 0
-    assert dl.significant_products(layer, x != 0, weight=w2).tolist() == brute_conv_pairs(layer, x, w2)
+    assert dl.core.significant_products(layer, x != 0, weight=w2).tolist() == brute_conv_pairs(layer, x, w2)
 
 
 @pytest.mark.parametrize("pruned", [False, True])
@@ -62,20 +62,25 @@ def test_linear_significant_products_equal_brute_force(pruned):
         assert hasattr(layer, "weight_mask")
     x = sparse_randn((4, 13), 0.4, gen)
     x[3] = 0
-    got = dl.significant_products(layer, x != 0)
+    got = dl.core.significant_products(layer, x != 0)
     assert got.tolist() == brute_linear_pairs(layer, x)
     assert got[3] == 0
 
 
-def test_count_forward_equals_brute_force_layer_by_layer():
+def test_count_significant_equals_brute_force_layer_by_layer():
     torch.manual_seed(13)
     net = small_conv_net(3, input_scale=0.5).eval()
     dl.prune_network(net, 0.4)
     gen = torch.Generator().manual_seed(14)
     obs = sparse_randn((2, 2, 10, 10), 0.3, gen)
-    out, counts = dl.count_forward(net, obs)
+    out, counts = dl.core.forward_with_counts(net, obs)
     torch.testing.assert_close(out, net(obs))
     assert counts.shape == (2, 4) and counts.dtype == torch.int64
+    report = dl.count_significant(net, obs, label="two rows")
+    assert report.steps == 2 and report.label == "two rows"
+    assert report.per_step.tolist() == counts.tolist()
+    assert [l.significant for l in report.layers] == counts.sum(0).tolist()
+    assert [l.dense for l in report.layers] == [2 * d for d in dl.core.dense_counts(net)]
     # walk the layers by hand: the input of each weight layer is what the previous layers give
     x = obs.float() * 0.5
     want = []
@@ -86,7 +91,7 @@ def test_count_forward_equals_brute_force_layer_by_layer():
             x = m(x)
     assert counts.T.tolist() == want
     # ReLU zeros are skipped: the deeper layers do fewer significant products than dense ones
-    dense = dl.dense_counts(net)
+    dense = dl.core.dense_counts(net)
     assert all(c < d for c, d in zip(counts[0].tolist(), dense))
 
 
@@ -96,7 +101,7 @@ def test_dense_products_equal_flop_counter_for_small_convs(name):
     layer = nn.Conv2d(**kw)
     with FlopCounterMode(display=False) as fc:
         layer(torch.zeros(1, *in_shape))
-    assert dl.dense_products(layer, in_shape) == fc.get_total_flops() // 2
+    assert dl.core.dense_products(layer, in_shape) == fc.get_total_flops() // 2
 
 
 @pytest.mark.parametrize("n_actions", [4, 6])
@@ -104,11 +109,11 @@ def test_dense_counts_equal_flop_counter_for_nature_dqn(n_actions):
     net = dl.nature_dqn(n_actions)
     with FlopCounterMode(display=False) as fc:
         net(torch.zeros(1, 4, 84, 84))
-    assert sum(dl.dense_counts(net)) * 2 == fc.get_total_flops()
+    assert sum(dl.core.dense_counts(net)) * 2 == fc.get_total_flops()
     per_module = fc.get_flop_counts()
     idx = [i for i, m in enumerate(net.body) if isinstance(m, (nn.Conv2d, nn.Linear))]
     flops = [sum(per_module[f"QNetwork.body.{i}"].values()) for i in idx]
-    assert [2 * d for d in dl.dense_counts(net)] == flops
+    assert [2 * d for d in dl.core.dense_counts(net)] == flops
     rep = dl.count_dense(net)
     assert [l.dense for l in rep.layers] == [f // 2 for f in flops]
     assert rep.total_dense == rep.total_significant == fc.get_total_flops() // 2
@@ -151,11 +156,11 @@ def test_report_totals_and_combine():
     b = dl.MultiplicationReport.from_counts(names, [10, 4], [[1, 0]], label="a")
     assert a.steps == 2 and a.total_dense == 28 and a.total_significant == 11
     assert a.reduction == pytest.approx(28 / 11)
-    c = dl.combine([a, b])
+    c = dl.core.combine([a, b])
     assert c.steps == 3 and c.total_dense == 42 and c.total_significant == 12
     assert c.per_step.tolist() == [[3, 1], [5, 2], [1, 0]]
     d = a.to_dict()
     assert d["layers"] == [{"name": "conv1", "dense": 20, "significant": 8},
                            {"name": "fc1", "dense": 8, "significant": 3}]
     with pytest.raises(ValueError):
-        dl.combine([])
+        dl.core.combine([])

@@ -25,18 +25,17 @@ def random_walk(shape, steps, step_size, frac_changing=1.0, seed=0, drift=0.0):
     return out
 
 
-def layer_inputs(delta: dl.DeltaNetwork, x0: torch.Tensor) -> list[torch.Tensor]:
+def layer_inputs(delta: dl.DeltaNetwork, obs: torch.Tensor) -> list[torch.Tensor]:
     """The input each weight layer of ``delta`` currently sees: the preprocessed observation
     for layer 0, and the delta net's own propagated activation (e.g. relu(z) of the previous
     layer, flattened where the network flattens) for deeper layers."""
-    ins, h, k = [], x0, 0
-    for m in delta.modules_:
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            ins.append(h)
-            h = delta.z[k]
-            k += 1
-        else:
-            h = m(h)
+    ins = []
+
+    def record(k, m, x):
+        ins.append(x)
+        return delta.z[k]
+
+    delta.chain.run(obs, record)
     return ins
 
 
@@ -76,7 +75,7 @@ def test_threshold_zero_equals_dense_with_row_reset(kind, frac_changing):
             worst = max(worst, float((q_delta - q_dense).abs().max()))
             torch.testing.assert_close(q_delta, q_dense, rtol=1e-4, atol=1e-4,
                                        msg=f"step {t}: delta output differs from dense")
-            _, dense_counts = dl.count_forward(net, obs)
+            dense_counts = torch.as_tensor(dl.count_significant(net, obs).per_step)
             if t == 0:
                 # the first step is a dense pass: counts equal the dense network's significant ones
                 assert torch.equal(delta.last_counts, dense_counts)
@@ -121,8 +120,7 @@ def test_reference_stays_within_threshold(kind, threshold):
     with torch.no_grad():
         for obs in seq:
             q = delta(obs)
-            x0 = net.preprocess(obs) if hasattr(net, "preprocess") else obs
-            ins = layer_inputs(delta, x0)
+            ins = layer_inputs(delta, obs)
             assert len(ins) == n_layers == len(delta.x_ref)
             # layer 0 against the true (preprocessed) input, exactly as the network scales it
             for k, (true_in, ref) in enumerate(zip(ins, delta.x_ref)):

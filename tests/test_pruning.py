@@ -82,7 +82,7 @@ def test_pruned_weights_stay_zero_during_training_and_after_make_permanent():
     torch.manual_seed(24)
     net = small_conv_net(3)
     dl.prune_network(net, 0.7)
-    assert dl.is_pruned(net)
+    assert dl.core.is_pruned(net)
     masks = [m.weight_mask.clone() for m in dl.weight_layers(net)]
     before = [m.weight.detach().clone() for m in dl.weight_layers(net)]
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -101,7 +101,7 @@ def test_pruned_weights_stay_zero_during_training_and_after_make_permanent():
         assert not torch.allclose(m.weight[mask == 1], b[mask == 1])  # the kept weights did train
     report_before = dl.sparsity_report(net)
     dl.make_permanent(net)
-    assert not dl.is_pruned(net)
+    assert not dl.core.is_pruned(net)
     for m, mask in zip(dl.weight_layers(net), masks):
         assert not hasattr(m, "weight_mask") and not hasattr(m, "weight_orig")
         assert isinstance(m.weight, nn.Parameter)
@@ -136,5 +136,5 @@ def test_prune_zero_sparsity_is_a_no_op():
     net = small_conv_net(3)
     w = [m.weight.detach().clone() for m in dl.weight_layers(net)]
     dl.prune_network(net, 0.0)
-    assert not dl.is_pruned(net)
+    assert not dl.core.is_pruned(net)
     assert all(torch.equal(a, m.weight) for a, m in zip(w, dl.weight_layers(net)))

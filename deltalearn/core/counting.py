@@ -26,42 +26,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .chain import trace_chain
+
 __all__ = [
     "weight_layers", "layer_names", "dense_products", "significant_products",
-    "count_forward", "LayerCount", "MultiplicationReport", "count_dense", "count_weights",
-    "dense_counts", "combine", "COUNT_RTOL", "COUNT_FLOOR", "counts_close",
+    "forward_with_counts", "count_significant", "LayerCount", "MultiplicationReport", "count_dense",
+    "count_weights", "dense_counts", "combine", "COUNT_RTOL", "COUNT_FLOOR", "counts_close",
+    "count_forward",  # TRANSITION (issue 16): the old name of forward_with_counts; the lead removes it
 ]
 
-SUPPORTED = (nn.Conv2d, nn.Linear, nn.ReLU, nn.Flatten)
+
+def _example(net: nn.Module, example_input: Any, what: str) -> torch.Tensor:
+    """A batch to run ``net`` on for shapes: ``example_input``, else zeros of ``net.input_shape``."""
+    if example_input is not None:
+        return torch.as_tensor(example_input)
+    shape = getattr(net, "input_shape", None)
+    if shape is None:
+        raise ValueError(f"{what} needs example_input (a batch of one observation) for "
+                         f"{type(net).__name__}, which has no input_shape")
+    return torch.zeros(1, *shape)
 
 
-def _body(net: nn.Module) -> nn.Sequential:
-    body = getattr(net, "body", net)
-    if not isinstance(body, nn.Sequential):
-        raise TypeError(f"expected a QNetwork or nn.Sequential, got {type(net).__name__}")
-    for m in body:
-        if not isinstance(m, SUPPORTED):
-            raise TypeError(f"unsupported layer {type(m).__name__}; supported: "
-                            + ", ".join(c.__name__ for c in SUPPORTED))
-    return body
+def weight_layers(net: nn.Module, example_input: Any = None) -> list[nn.Module]:
+    """The Conv2d / Linear layers of ``net`` in the order its forward calls them (the layers that
+    multiply). ``example_input``, if given, is run through the net to check the whole chain."""
+    chain = trace_chain(net)
+    if example_input is not None:
+        chain.input_shapes(torch.as_tensor(example_input))
+    return list(chain.weights)
 
 
-def weight_layers(net: nn.Module) -> list[nn.Module]:
-    """The Conv2d / Linear layers of ``net`` in order (the layers that multiply)."""
-    return [m for m in _body(net) if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-def layer_names(net: nn.Module) -> list[str]:
+def layer_names(net: nn.Module, example_input: Any = None) -> list[str]:
     """Short names ``conv1, conv2, ..., fc1, fc2`` for the weight layers."""
-    names, n_conv, n_fc = [], 0, 0
-    for m in weight_layers(net):
-        if isinstance(m, nn.Conv2d):
-            n_conv += 1
-            names.append(f"conv{n_conv}")
-        else:
-            n_fc += 1
-            names.append(f"fc{n_fc}")
-    return names
+    chain = trace_chain(net)
+    if example_input is not None:
+        chain.input_shapes(torch.as_tensor(example_input))
+    return list(chain.names)
 
 
 def _conv_args(layer: nn.Conv2d) -> dict[str, Any]:
@@ -104,37 +104,53 @@ def significant_products(layer: nn.Module, x_nonzero: torch.Tensor,
     raise TypeError(f"{type(layer).__name__} does no multiplications we count")
 
 
-def count_forward(net: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _run_counting(net: nn.Module, obs: Any, dense: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and significant products (batch, layers); appends each layer's dense products for
+    one row to ``dense`` when given."""
+    counts: list[torch.Tensor] = []
+
+    def count(k: int, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        counts.append(significant_products(m, x != 0))
+        if dense is not None:
+            dense.append(dense_products(m, tuple(x.shape[1:])))
+        return m(x)
+
+    with torch.no_grad():
+        out = trace_chain(net).run(torch.as_tensor(obs), count)
+    return out, torch.stack(counts, dim=1)
+
+
+def forward_with_counts(net: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``net`` on a batch and count significant products per sample per weight layer.
 
-    Returns ``(output, counts)`` with counts int64 of shape (batch, n_weight_layers).
+    Returns ``(output, counts)`` with counts int64 of shape (batch, n_weight_layers). The output is
+    the net's own forward: ``obs`` goes in as the net's forward would take it.
     """
-    body = _body(net)
-    x = net.preprocess(obs) if hasattr(net, "preprocess") else obs.to(torch.float32)
-    counts = []
-    with torch.no_grad():
-        for m in body:
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                counts.append(significant_products(m, x != 0))
-            x = m(x)
-    return x, torch.stack(counts, dim=1)
+    return _run_counting(net, obs)
 
 
-def _layer_input_shapes(net: nn.Module) -> list[tuple[int, ...]]:
-    shape = tuple(getattr(net, "input_shape"))
-    x = torch.zeros(1, *shape)
-    shapes = []
-    with torch.no_grad():
-        for m in _body(net):
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                shapes.append(tuple(x.shape[1:]))
-            x = m(x)
-    return shapes
+count_forward = forward_with_counts  # TRANSITION (issue 16): chapters still call it; the lead removes it
 
 
-def dense_counts(net: nn.Module) -> list[int]:
-    """Dense products per weight layer for one decision of ``net`` (needs ``net.input_shape``)."""
-    return [dense_products(m, s) for m, s in zip(weight_layers(net), _layer_input_shapes(net))]
+def count_significant(net: nn.Module, obs: torch.Tensor, label: str = "") -> MultiplicationReport:
+    """Significant products of ``net`` on a batch of observations, one decision per row.
+
+    The report sums the rows (``steps`` is the batch size); ``per_step`` keeps each row's counts.
+    """
+    dense: list[int] = []
+    _, counts = _run_counting(net, obs, dense)
+    return MultiplicationReport.from_counts(trace_chain(net).names, dense, counts.numpy(), label=label)
+
+
+def dense_counts(net: nn.Module, example_input: Any = None) -> list[int]:
+    """Dense products per weight layer for one decision of ``net``.
+
+    ``example_input`` (a batch of one observation) gives the shapes; our QNetworks have an
+    ``input_shape`` and need none.
+    """
+    chain = trace_chain(net)
+    shapes = chain.input_shapes(_example(net, example_input, "dense_counts"))
+    return [dense_products(m, s) for m, s in zip(chain.weights, shapes)]
 
 
 @dataclass
@@ -201,12 +217,6 @@ class MultiplicationReport:
         rows.append(("total", f"{self.total_dense:,}", f"{self.total_significant:,}", f"{self.reduction:.1f}x"))
         return rows
 
-    def to_markdown(self) -> str:
-        head = f"**{self.label}** ({self.steps} decisions)\n\n" if self.label else ""
-        lines = ["| layer | dense | significant | reduction |", "|---|---:|---:|---:|"]
-        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self._rows()]
-        return head + "\n".join(lines)
-
     def __str__(self) -> str:
         rows = [("layer", "dense", "significant", "reduction")] + self._rows()
         w = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -234,21 +244,28 @@ class MultiplicationReport:
         return cls(layers, steps=steps, label=label, per_step=significant)
 
 
-def count_dense(net: nn.Module, label: str = "dense") -> MultiplicationReport:
-    """Report for one decision counting every product as significant (the paper's baseline)."""
-    d = dense_counts(net)
+def count_dense(net: nn.Module, example_input: Any = None, *, label: str = "dense") -> MultiplicationReport:
+    """Report for one decision counting every product as significant (the paper's baseline).
+
+    ``example_input`` (a batch of one observation, any dtype) gives the layers' shapes; our
+    QNetworks have an ``input_shape`` and need none.
+    """
+    d = dense_counts(net, example_input)
     return MultiplicationReport.from_counts(layer_names(net), d, np.array([d]), label=label)
 
 
-def count_weights(net: nn.Module, label: str = "") -> MultiplicationReport:
+def count_weights(net: nn.Module, example_input: Any = None, *, label: str = "") -> MultiplicationReport:
     """One decision assuming every input is non-zero: only zero (pruned) weights are skipped.
 
-    This is what pruning alone saves, independent of any observation.
+    This is what pruning alone saves, independent of any observation. ``example_input`` as
+    for :func:`count_dense`.
     """
-    shapes = _layer_input_shapes(net)
+    chain = trace_chain(net)
+    shapes = chain.input_shapes(_example(net, example_input, "count_weights"))
     sig = [int(significant_products(m, torch.ones(1, *s, dtype=torch.bool))[0])
-           for m, s in zip(weight_layers(net), shapes)]
-    return MultiplicationReport.from_counts(layer_names(net), dense_counts(net), np.array([sig]), label=label)
+           for m, s in zip(chain.weights, shapes)]
+    dense = [dense_products(m, s) for m, s in zip(chain.weights, shapes)]
+    return MultiplicationReport.from_counts(chain.names, dense, np.array([sig]), label=label)
 
 
 def combine(reports: Iterable[MultiplicationReport], label: str = "") -> MultiplicationReport:

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .counting import _body, dense_counts, layer_names, significant_products
+from .chain import trace_chain
+from .counting import significant_products
 
 __all__ = ["DeltaNetwork", "check_threshold"]
 
@@ -34,12 +35,14 @@ def check_threshold(threshold: float) -> float:
 
 
 class DeltaNetwork(nn.Module):
-    """A stateful, batched delta version of a trained :class:`~deltalearn.nets.QNetwork`.
+    """A stateful, batched delta version of a trained network.
 
-    ``threshold`` is one number for every weight layer or a sequence with one per weight
-    layer (applied to that layer's input). Weights are copied when the delta network is
-    built (pruned zeros included); later changes to ``net`` are not seen. Row ``b`` of every
-    batch is one independent stream (one environment of a vector env).
+    ``net`` is our :class:`~deltalearn.core.nets.QNetwork` or any module whose forward is a chain
+    of supported operations (see :mod:`deltalearn.core.chain`); ``example_input``, if given, is
+    run once to check the chain early. ``threshold`` is one number for every weight layer or a
+    sequence with one per weight layer (applied to that layer's input). Weights are copied when
+    the delta network is built (pruned zeros included); later changes to ``net`` are not seen.
+    Row ``b`` of every batch is one independent stream (one environment of a vector env).
 
     ``drift_free=False`` is the naive variant for teaching: it compares each input with the
     previous *input* instead of the last *transmitted* value, so sub-threshold changes are
@@ -47,12 +50,14 @@ class DeltaNetwork(nn.Module):
     """
 
     def __init__(self, net: nn.Module, threshold: float | Sequence[float] = 0.0,
-                 drift_free: bool = True) -> None:
+                 drift_free: bool = True, example_input: torch.Tensor | None = None) -> None:
         super().__init__()
-        body = _body(net)
+        self.chain = trace_chain(net)
+        """The network's operations; :meth:`Chain.run` replays them with a callback per weight layer."""
+        if example_input is not None:
+            self.chain.input_shapes(torch.as_tensor(example_input))
         self.net = net
-        self.modules_ = list(body)
-        self.names = layer_names(net)
+        self.names = list(self.chain.names)
         n = len(self.names)
         if isinstance(threshold, (int, float, str)) or not isinstance(threshold, Iterable):
             # one value for all layers (a string or None is checked, not iterated)
@@ -63,11 +68,9 @@ class DeltaNetwork(nn.Module):
                 raise ValueError(f"got {len(ths)} thresholds for {n} weight layers ({', '.join(self.names)})")
         self.thresholds = ths
         self.drift_free = drift_free
-        wl = [m for m in self.modules_ if isinstance(m, (nn.Conv2d, nn.Linear))]
         with torch.no_grad():
-            self.weights = [m.weight.detach().clone() for m in wl]
-            self.biases = [None if m.bias is None else m.bias.detach().clone() for m in wl]
-        self.dense_per_step = dense_counts(net) if hasattr(net, "input_shape") else None
+            self.weights = [m.weight.detach().clone() for m in self.chain.weights]
+            self.biases = [None if m.bias is None else m.bias.detach().clone() for m in self.chain.weights]
         self.x_ref: list[torch.Tensor] = []
         self.z: list[torch.Tensor] = []
         self.fresh: torch.Tensor | None = None
@@ -93,26 +96,26 @@ class DeltaNetwork(nn.Module):
             idx = idx.nonzero().flatten()
         self.fresh[idx] = True
 
-    def _init_state(self, x: torch.Tensor) -> None:
-        b, dev = x.shape[0], x.device
-        self.x_ref, self.z = [], []
-        with torch.no_grad():
-            h = x
-            k = 0
-            for m in self.modules_:
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    self.x_ref.append(torch.zeros_like(h))
-                    out = self._apply(k, m, torch.zeros_like(h), bias=True)
-                    self.z.append(out)
-                    h = out
-                    k += 1
-                else:
-                    h = m(h)
-        self.fresh = torch.ones(b, dtype=torch.bool, device=dev)
+    def _init_state(self, obs: torch.Tensor) -> None:
+        """Zero references and bias-only accumulators, shaped by one pass of ``obs``."""
+        dev = obs.device
         self.weights = [w.to(dev) for w in self.weights]
         self.biases = [None if bb is None else bb.to(dev) for bb in self.biases]
+        x_ref, z = [], []
 
-    def _apply(self, k: int, m: nn.Module, d: torch.Tensor, bias: bool) -> torch.Tensor:
+        def init(k: int, m: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            x_ref.append(torch.zeros_like(h))
+            out = self._layer(k, m, torch.zeros_like(h), bias=True)
+            z.append(out)
+            return out
+
+        with torch.no_grad():
+            self.chain.run(obs, init)
+        self.x_ref, self.z = x_ref, z
+        self.fresh = torch.ones(obs.shape[0], dtype=torch.bool, device=dev)
+
+    def _layer(self, k: int, m: nn.Module, d: torch.Tensor, bias: bool) -> torch.Tensor:
+        """Weight layer ``k`` (with the weights copied at construction) applied to ``d``."""
         w = self.weights[k].to(d.device)
         b = self.biases[k].to(d.device) if (bias and self.biases[k] is not None) else None
         if isinstance(m, nn.Linear):
@@ -126,25 +129,22 @@ class DeltaNetwork(nn.Module):
         With ``count=True`` the significant products per row and layer are left in
         :attr:`last_counts`.
         """
-        x = self.net.preprocess(obs) if hasattr(self.net, "preprocess") else obs.to(torch.float32)
+        obs = torch.as_tensor(obs)
         if self.fresh is None:
-            self._init_state(x)
-        elif x.shape[0] != self.fresh.shape[0]:
-            raise ValueError(f"batch of {x.shape[0]} observations, but the delta state holds "
+            self._init_state(obs)
+        elif obs.shape[0] != self.fresh.shape[0]:
+            raise ValueError(f"batch of {obs.shape[0]} observations, but the delta state holds "
                              f"{self.fresh.shape[0]} streams; call reset() to start over")
         fresh = self.fresh
-        counts = []
-        sent = []
-        k = 0
-        for m in self.modules_:
-            if not isinstance(m, (nn.Conv2d, nn.Linear)):
-                x = m(x)
-                continue
+        counts: list[torch.Tensor] = []
+        sent: list[torch.Tensor] = []
+
+        def delta_layer(k: int, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
             x_ref, z = self.x_ref[k], self.z[k]
             if fresh.any():
                 # a new episode: forget the old state so this step is a dense pass
                 x_ref[fresh] = 0
-                z[fresh] = self._apply(k, m, torch.zeros_like(x[fresh]), bias=True)
+                z[fresh] = self._layer(k, m, torch.zeros_like(x[fresh]), bias=True)
             d = x - x_ref
             keep = d.abs() > self.thresholds[k]
             keep[fresh] = True
@@ -153,16 +153,14 @@ class DeltaNetwork(nn.Module):
                 x_ref += d
             else:
                 x_ref.copy_(x)
-            z += self._apply(k, m, d, bias=False)
+            z += self._layer(k, m, d, bias=False)
             sent.append(d != 0)
             if count:
                 counts.append(significant_products(m, d != 0, weight=self.weights[k]))
-            x = z.clone()
-            k += 1
+            return z.clone()
+
+        out = self.chain.run(obs, delta_layer)
         self.fresh = torch.zeros_like(fresh)
         self.last_sent = sent
         self.last_counts = torch.stack(counts, dim=1) if count else None
-        return x
-
-    step = forward
-
+        return out

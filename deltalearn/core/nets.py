@@ -1,8 +1,9 @@
 """Q-networks: the Nature DQN for Atari frames and a small MLP for vector observations.
 
 Both are a fixed input scaling followed by an ``nn.Sequential`` of Conv2d / Linear /
-ReLU / Flatten layers. That shape is what the counting and delta code walk through, so
-every network in the package is a :class:`QNetwork`.
+ReLU / Flatten layers, a :class:`QNetwork` that knows its input shape. Counting, pruning and
+delta networks also take a reader's own module (see :mod:`deltalearn.core.chain`); the copying
+and loading helpers here work on any module.
 """
 from __future__ import annotations
 
@@ -112,43 +113,75 @@ def build_network(spec: NetworkSpec) -> QNetwork:
     raise ValueError(f"unknown model {spec.model!r}; known models: {', '.join(MODELS)}")
 
 
-def copy_weights(src: QNetwork, dst: QNetwork) -> None:
-    """Copy the effective (masked, if pruned) weights and biases of ``src`` into ``dst``."""
+def _effective_names(m: nn.Module) -> list[str]:
+    """The parameters and buffers of ``m`` itself as its forward sees them: a pruned ``weight``
+    (stored as ``weight_orig`` and ``weight_mask``) counts as ``weight``."""
+    params = [n[:-len("_orig")] if n.endswith("_orig") else n for n, p in m._parameters.items() if p is not None]
+    return params + [n for n, b in m._buffers.items() if b is not None and not n.endswith("_mask")]
+
+
+def copy_weights(src: nn.Module, dst: nn.Module) -> None:
+    """Copy the effective (masked, if pruned) weights, biases and buffers of ``src`` into ``dst``,
+    a network of the same structure (any module: they are matched by name)."""
+    dst_modules = dict(dst.named_modules())
     with torch.no_grad():
-        for a, b in zip(src.body, dst.body):
-            if hasattr(a, "weight"):
-                b.weight.copy_(a.weight)
-                b.bias.copy_(a.bias)
+        for name, a in src.named_modules():
+            b = dst_modules.get(name)
+            if b is None or type(a) is not type(b):
+                raise WeightsMismatch(f"cannot copy weights: {type(src).__name__} has {name or 'the root'} "
+                                      f"({type(a).__name__}) where {type(dst).__name__} has "
+                                      f"{'nothing' if b is None else type(b).__name__}")
+            for p in _effective_names(a):
+                getattr(b, p).copy_(getattr(a, p))
 
 
 def plain_copy(net: nn.Module) -> nn.Module:
-    """An independent, unpruned-structure copy with the same effective weights, in eval mode.
+    """An independent copy with plain (unpruned-structure) weights of the same effective values,
+    in eval mode, its parameters trainable.
 
-    ``copy.deepcopy`` fails on a pruned module after a forward pass with gradients (its
-    ``weight`` is then a computed tensor), so copies go through the spec instead.
+    Any module works. ``copy.deepcopy`` alone fails on a pruned module after a forward pass with
+    gradients (its ``weight`` is then a computed tensor), so such tensors are copied detached, and
+    the copy's pruning masks are folded into its weights.
     """
-    if isinstance(net, QNetwork):
-        out = build_network(net.spec).to(next(net.parameters()).device)
-        copy_weights(net, out)
-        return out.eval()
     import copy
 
-    return copy.deepcopy(net).eval()
+    from torch.nn.utils import prune
+
+    memo: dict[int, Any] = {}
+    for m in net.modules():
+        for v in vars(m).values():
+            if isinstance(v, torch.Tensor) and not v.is_leaf:
+                memo[id(v)] = v.detach().clone()
+    out = copy.deepcopy(net, memo)
+    for m in out.modules():
+        for name in [n[:-len("_mask")] for n in list(m._buffers) if n.endswith("_mask")]:
+            if f"{name}_orig" in m._parameters:
+                prune.remove(m, name)
+    for p in out.parameters():
+        p.grad = None
+    return out.requires_grad_(True).eval()
 
 
 class WeightsMismatch(ValueError):
     """A state dict whose tensors do not fit the network it is loaded into."""
 
 
-def load_state(net: QNetwork, state: dict[str, torch.Tensor]) -> QNetwork:
-    """Load a state dict, pruned (``weight_orig``/``weight_mask``) or plain, into ``net``."""
+def load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Load a state dict, pruned (``weight_orig``/``weight_mask``) or plain, into ``net`` (any module)."""
     from torch.nn.utils import prune
 
-    for name, m in net.body.named_children():
-        if f"body.{name}.weight_mask" in state and not hasattr(m, "weight_mask"):
-            prune.identity(m, "weight")
+    for key in state:
+        if key.endswith("_mask"):
+            path, _, param = key[:-len("_mask")].rpartition(".")
+            try:
+                m = net.get_submodule(path)
+            except AttributeError:
+                continue  # load_state_dict names the missing module below
+            if not hasattr(m, f"{param}_mask") and isinstance(m._parameters.get(param), nn.Parameter):
+                prune.identity(m, param)
     try:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as e:
-        raise WeightsMismatch(f"weights do not fit network {net.spec}: {str(e).splitlines()[0]}") from None
+        what = net.spec if isinstance(net, QNetwork) else type(net).__name__
+        raise WeightsMismatch(f"weights do not fit network {what}: {str(e).splitlines()[0]}") from None
     return net
