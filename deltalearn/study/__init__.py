@@ -1,7 +1,9 @@
 """The paper study: its games and settings, the reproduced tables and sweeps, and their statistics."""
 from .pruned_agents import *  # noqa: F401,F403
+from .settings import *  # noqa: F401,F403
 from .reproduce import *  # noqa: F401,F403
 from .stats import *  # noqa: F401,F403
-from . import pruned_agents, reproduce, stats
+from .workers import *  # noqa: F401,F403
+from . import pruned_agents, reproduce, settings, stats, workers
 
-__all__ = pruned_agents.__all__ + reproduce.__all__ + stats.__all__
+__all__ = pruned_agents.__all__ + settings.__all__ + reproduce.__all__ + stats.__all__ + workers.__all__

@@ -14,11 +14,11 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["PairedComparison", "paired_comparison"]
+__all__ = ["PairedDifference", "paired_difference", "PairedComparison", "paired_comparison"]
 
 
 @dataclass(frozen=True)
-class PairedComparison:
+class PairedDifference:
     """Score of ``other`` minus score of ``base`` on the same episodes."""
 
     episodes: int
@@ -72,8 +72,12 @@ class PairedComparison:
         return {**asdict(self), "verdict": self.verdict, "largest_unseen_loss": self.largest_unseen_loss}
 
 
-def paired_comparison(base: Sequence[float], other: Sequence[float], level: float = 0.95) -> PairedComparison:
-    """Compare two score lists played on the same episodes (``other - base``, episode by episode)."""
+def paired_difference(base: Sequence[float], other: Sequence[float], level: float = 0.95) -> PairedDifference:
+    """``other - base`` over episodes both played: the mean difference, its paired standard error and
+    the ``level`` t interval (scipy's ``ttest_rel(other, base).confidence_interval``).
+
+    The one place the book's paired statistics are computed: tables, summaries and chapters call it.
+    """
     a, b = np.asarray(base, float), np.asarray(other, float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired scores need two lists of equal length, got {a.shape} and {b.shape}")
@@ -86,5 +90,10 @@ def paired_comparison(base: Sequence[float], other: Sequence[float], level: floa
     se = float(d.std(ddof=1) / np.sqrt(n))
     half = float(_st.t.ppf(0.5 + level / 2, n - 1)) * se
     unpaired = float(np.sqrt(a.var(ddof=1) / n + b.var(ddof=1) / n))
-    return PairedComparison(n, float(d.mean()), se, unpaired, level, float(d.mean()) - half,
+    return PairedDifference(n, float(d.mean()), se, unpaired, level, float(d.mean()) - half,
                             float(d.mean()) + half, float(a.mean()))
+
+
+# TRANSITION (issue 16): the old names, kept until every caller says paired_difference
+PairedComparison = PairedDifference
+paired_comparison = paired_difference
