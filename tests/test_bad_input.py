@@ -19,7 +19,7 @@ from deltalearn import cli
                                         (float("-inf"), "-inf"), ("abc", "abc"), (None, "None")])
 def test_bad_threshold(bad, shown):
     with pytest.raises(ValueError, match="threshold") as e:
-        dl.check_threshold(bad)
+        dl.core.check_threshold(bad)
     assert shown in str(e.value)
     net = dl.mlp_qnet(4, 2, hidden=(8,))
     with pytest.raises(ValueError, match="threshold") as e:
@@ -33,7 +33,7 @@ def test_bad_threshold_in_a_per_layer_list():
         dl.DeltaNetwork(net, [0.1, float("nan")])
     with pytest.raises(ValueError, match="3 thresholds for 2 weight layers"):
         dl.DeltaNetwork(net, [0.1, 0.1, 0.1])
-    assert dl.check_threshold(0) == 0.0 and dl.check_threshold("0.25") == 0.25
+    assert dl.core.check_threshold(0) == 0.0 and dl.core.check_threshold("0.25") == 0.25
 
 
 # --- sparsity --------------------------------------------------------------------------
@@ -45,9 +45,9 @@ def test_bad_sparsity(bad, shown):
     with pytest.raises(ValueError, match="sparsity") as e:
         dl.prune_network(net, bad)
     assert shown in str(e.value)
-    assert not dl.is_pruned(net)
+    assert not dl.core.is_pruned(net)
     with pytest.raises(ValueError, match="sparsity"):
-        dl.check_sparsity(bad)
+        dl.core.check_sparsity(bad)
     with pytest.raises(ValueError, match="sparsity") as e:
         dl.Variant(sparsity=bad)
     assert shown in str(e.value)
@@ -66,16 +66,16 @@ def test_unknown_env_and_game():
     with pytest.raises(ValueError, match="'Tetris'"):
         dl.make_env("Tetris")
     with pytest.raises(ValueError, match="'Tetris'"):
-        dl.make_vector_env("Tetris", 2)
+        dl.rl.make_vector_env("Tetris", 2)
     with pytest.raises(ValueError, match="'CartPole-v1'"):
-        dl.game_info("CartPole-v1")  # not an Atari game
+        dl.rl.game_info("CartPole-v1")  # not an Atari game
     with pytest.raises(ValueError, match="'pong'"):
-        dl.game_info("pong")  # names are case-sensitive
+        dl.rl.game_info("pong")  # names are case-sensitive
     with pytest.raises(ValueError, match="'Tetris'"):
         dl.DQNConfig(env="Tetris").validate()
     with pytest.raises(ValueError, match="'Tetris'"):
         dl.evaluate(dl.mlp_qnet(4, 2), "Tetris", episodes=1)
-    assert dl.game_info("Breakout").human == 30.5
+    assert dl.rl.game_info("Breakout").human == 30.5
 
 
 def test_bad_config_values():
@@ -116,7 +116,7 @@ def test_bad_network_sizes():
     with pytest.raises(ValueError, match="hidden=\\(8, 0\\)"):
         dl.mlp_qnet(4, 2, hidden=(8, 0))
     with pytest.raises(ValueError, match="'resnet'"):
-        dl.build_network(dl.NetworkSpec("resnet", 4))
+        dl.core.build_network(dl.core.NetworkSpec("resnet", 4))
 
 
 # --- checkpoints -----------------------------------------------------------------------
@@ -125,19 +125,19 @@ def test_bad_network_sizes():
 def mlp_file(tmp_path):
     torch.manual_seed(30)
     net = dl.mlp_qnet(4, 2, hidden=(16, 16))
-    path = dl.export_agent(net, "tiny", {"note": "test"}, directory=tmp_path)
+    path = dl.store.export_agent(net, "tiny", {"note": "test"}, directory=tmp_path)
     return net, path
 
 
 def test_checkpoint_for_another_architecture(mlp_file):
     net, path = mlp_file
-    with pytest.raises(dl.CheckpointError, match="nature-dqn") as e:
-        dl.load_network_file(path, expected=dl.NetworkSpec("nature-dqn", 4))
+    with pytest.raises(dl.store.CheckpointError, match="nature-dqn") as e:
+        dl.store.load_network_file(path, expected=dl.core.NetworkSpec("nature-dqn", 4))
     assert "mlp" in str(e.value)
-    with pytest.raises(dl.CheckpointError, match="hidden=\\(64, 64\\)"):
-        dl.load_network_file(path, expected=dl.NetworkSpec("mlp", 2, obs_dim=4, hidden=(64, 64)))
+    with pytest.raises(dl.store.CheckpointError, match="hidden=\\(64, 64\\)"):
+        dl.store.load_network_file(path, expected=dl.core.NetworkSpec("mlp", 2, obs_dim=4, hidden=(64, 64)))
     # the right spec loads, with the same Q-values (fp16 weights)
-    loaded = dl.load_network_file(path, expected=net.spec)
+    loaded = dl.store.load_network_file(path, expected=net.spec)
     x = torch.randn(3, 4)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), atol=1e-2, rtol=1e-2)
@@ -146,10 +146,10 @@ def test_checkpoint_for_another_architecture(mlp_file):
 def test_weights_that_do_not_fit_the_spec_are_a_checkpoint_error(tmp_path):
     net = dl.mlp_qnet(4, 2, hidden=(16,))
     path = tmp_path / "lying.pt"
-    spec = dl.NetworkSpec("mlp", 2, obs_dim=4, hidden=(32,)).to_dict()
-    dl.save_checkpoint(path, {"spec": spec, "model": net.state_dict()})
-    with pytest.raises(dl.CheckpointError, match="do not fit"):
-        dl.load_network_file(path)
+    spec = dl.core.NetworkSpec("mlp", 2, obs_dim=4, hidden=(32,)).to_dict()
+    dl.store.save_checkpoint(path, {"spec": spec, "model": net.state_dict()})
+    with pytest.raises(dl.store.CheckpointError, match="do not fit"):
+        dl.store.load_network_file(path)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not-a-checkpoint", "missing"])
@@ -165,26 +165,26 @@ def test_damaged_checkpoint_files(mlp_file, damage):
         bad.write_bytes(b"")
     elif damage == "not-a-checkpoint":
         torch.save({"weights": torch.zeros(3)}, bad)
-    with pytest.raises(dl.CheckpointError) as e:
-        dl.load_network_file(bad)
+    with pytest.raises(dl.store.CheckpointError) as e:
+        dl.store.load_network_file(bad)
     assert str(bad) in str(e.value)
     # the original file is untouched and still loads
     assert path.read_bytes() == original
-    dl.load_network_file(path)
+    dl.store.load_network_file(path)
 
 
 def test_agent_file_whose_bytes_changed_fails_the_hash_check(tmp_path):
     agents = tmp_path / "agents"
-    shutil.copytree(dl.AGENT_DIR, agents)
+    shutil.copytree(dl.store.AGENT_DIR, agents)
     assert dl.load_agent("CartPole-v1", directory=agents) is not None  # the copy is intact
     f = agents / dl.agent_record("CartPole-v1", agents)["file"]
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0xFF
     f.write_bytes(bytes(data))
-    with pytest.raises(dl.CheckpointError, match="sha256"):
+    with pytest.raises(dl.store.CheckpointError, match="sha256"):
         dl.load_agent("CartPole-v1", directory=agents)
     f.unlink()
-    with pytest.raises(dl.CheckpointError, match="missing"):
+    with pytest.raises(dl.store.CheckpointError, match="missing"):
         dl.load_agent("CartPole-v1", directory=agents)
     with pytest.raises(ValueError, match="'Tetris'"):
         dl.load_agent("Tetris", directory=agents)
@@ -262,9 +262,9 @@ def no_frames(monkeypatch):
 
 @pytest.mark.parametrize("game, n", [("CartPole-v1", 2), ("Breakout", 4), ("SpaceInvaders", 6)])
 def test_action_count_of_a_game(game, n):
-    assert dl.action_count(game) == n
+    assert dl.rl.action_count(game) == n
     with pytest.raises(ValueError, match="'Tetris'"):
-        dl.action_count("Tetris")
+        dl.rl.action_count("Tetris")
 
 
 @pytest.mark.parametrize("n, game, want", [(6, "Breakout", 4), (4, "SpaceInvaders", 6), (4, "CartPole-v1", 2)])
@@ -275,36 +275,53 @@ def test_evaluate_refuses_a_network_for_another_game(no_frames, n, game, want):
     msg = str(e.value)
     assert f"has {n} actions" in msg and f"{game} has {want}" in msg
     with pytest.raises(ValueError, match=f"has {n} actions"):
-        dl.check_actions(net, game)
-    dl.check_actions(dl.nature_dqn(want), game)  # the right size passes
+        dl.rl.check_actions(net, game)
+    dl.rl.check_actions(dl.nature_dqn(want), game)  # the right size passes
+
+
+def test_evaluate_refuses_a_plain_module_for_another_game_before_playing(no_frames):
+    from torch import nn
+
+    class Q(nn.Module):  # no spec, no n_actions: its output width is found by one forward
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+        def forward(self, x):
+            return self.network(x)
+
+    with pytest.raises(ValueError, match="has 3 actions .* CartPole-v1 has 2"):
+        dl.evaluate(Q(), "CartPole-v1", episodes=1)
+    with pytest.raises(ValueError, match=r"cannot be run on an observation of Breakout \(shape \(1, 4, 84, 84\)\)"):
+        dl.evaluate(Q(), "Breakout", episodes=1)
 
 
 def test_action_count_of_a_plain_module():
     from torch import nn
 
-    assert dl.network_actions(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))) == 3
+    assert dl.rl.network_actions(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))) == 3
     with pytest.raises(ValueError, match="has 3 actions"):
-        dl.check_actions(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), "CartPole-v1")
+        dl.rl.check_actions(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), "CartPole-v1")
 
 
 def test_reproduce_table_and_sweep_refuse_a_network_for_another_game(no_frames, monkeypatch):
     breakout, invaders = dl.nature_dqn(4), dl.nature_dqn(6)
     with pytest.raises(ValueError, match="has 6 actions .* Breakout has 4"):
-        dl.reproduce_table(invaders, "Breakout", 0.5, 0.001, episodes=1, progress=False)
+        dl.study.reproduce_table(invaders, "Breakout", 0.5, 0.001, episodes=1, progress=False)
     with pytest.raises(ValueError, match="the pruned network has 6 actions"):
-        dl.reproduce_table(breakout, "Breakout", 0.5, 0.001, episodes=1, progress=False, pruned_net=invaders)
+        dl.study.reproduce_table(breakout, "Breakout", 0.5, 0.001, episodes=1, progress=False, pruned_net=invaders)
     monkeypatch.setattr(dl.study.reproduce, "replay", lambda *a, **k: pytest.fail("replayed before the check"))
     obs = torch.zeros(2, 4, 84, 84, dtype=torch.uint8).numpy()
     with pytest.raises(ValueError, match="has 4 actions .* SpaceInvaders has 6"):
-        dl.reproduce_sweep(breakout, "SpaceInvaders", obs, [0.0], [None], episodes=1, progress=False)
+        dl.study.reproduce_sweep(breakout, "SpaceInvaders", obs, [0.0], [None], episodes=1, progress=False)
     with pytest.raises(ValueError, match="has 6 actions .* Breakout has 4"):
-        dl.reproduce_sweep(breakout, "Breakout", obs, [0.5], [None], episodes=1, progress=False,
+        dl.study.reproduce_sweep(breakout, "Breakout", obs, [0.5], [None], episodes=1, progress=False,
                            pruned_nets={0.5: invaders})
 
 
 def test_distill_and_train_refuse_a_network_for_another_game(no_frames, tmp_path):
     with pytest.raises(ValueError, match="the teacher has 6 actions .* Breakout has 4"):
-        dl.prune_and_distill(dl.nature_dqn(6), "Breakout", run_dir=tmp_path / "d", progress=False)
+        dl.rl.prune_and_distill(dl.nature_dqn(6), "Breakout", run_dir=tmp_path / "d", progress=False)
     assert not (tmp_path / "d").exists()
     with pytest.raises(ValueError, match="the init network has 4 actions .* SpaceInvaders has 6"):
         dl.train(dl.DQNConfig.atari("SpaceInvaders"), tmp_path / "t", init=dl.nature_dqn(4), progress=False)
@@ -313,17 +330,17 @@ def test_distill_and_train_refuse_a_network_for_another_game(no_frames, tmp_path
 
 def test_unknown_agent_name_is_one_short_line_pointing_to_the_listing():
     with pytest.raises(ValueError) as e:
-        dl.load_agent_or_file("breakout")
+        dl.store.load_agent_or_file("breakout")
     msg = str(e.value)
     assert "'breakout'" in msg and "did you mean 'Breakout'" in msg and "deltalearn agents" in msg
     assert "\n" not in msg and len(msg) < 200 and "SpaceInvaders" not in msg
 
 
 def test_agent_or_file_loads_either(tmp_path):
-    by_name = dl.load_agent_or_file("CartPole-v1")
-    by_path = dl.load_agent_or_file(dl.AGENT_DIR / "CartPole-v1.pt")
+    by_name = dl.store.load_agent_or_file("CartPole-v1")
+    by_path = dl.store.load_agent_or_file(dl.store.AGENT_DIR / "CartPole-v1.pt")
     x = torch.randn(5, 4)
     with torch.no_grad():
         assert torch.equal(by_name(x), by_path(x))
-    with pytest.raises(dl.CheckpointError, match="nothing.pt"):
-        dl.load_agent_or_file(tmp_path / "nothing.pt")
+    with pytest.raises(dl.store.CheckpointError, match="nothing.pt"):
+        dl.store.load_agent_or_file(tmp_path / "nothing.pt")
