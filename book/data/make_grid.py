@@ -6,94 +6,76 @@ Run from the repository root (a few minutes on 2 CPU cores):
 
 It writes, next to this file:
 
-* ``pruned/``: the CartPole agent pruned gradually to sparsity 0.3, 0.5, 0.7, 0.8 and 0.9 with
-  distillation after each step (the recipe and code of chapter 4), saved with
-  ``dl.export_agent`` so that ``dl.load_agent(name, directory=...)`` checks their sha256;
+* ``pruned/``: the CartPole agent pruned gradually to sparsity 0.3, 0.5, 0.7, 0.8 and 0.9 by the
+  library's :func:`deltalearn.rl.prune_and_distill` (magnitude pruning per layer, each stage
+  recovered by distillation towards the dense agent; :data:`DISTILL` is the configuration),
+  exported with ``dl.store.export_agent`` so that ``dl.load_agent(name, directory=...)`` checks
+  their sha256. Each manifest record names the library function and its full ``DistillConfig``.
+  (Chapter 4 keeps its own short copy of the recipe, for teaching; these agents do not come from it.)
 * ``grid.csv``: for one-shot and fine-tuned networks at each sparsity and each delta threshold
-  (``none`` = no delta network), the mean return of 5 seeded episodes (closed-loop play) and,
-  on the recorded 500-step episode, the agreement with the dense agent and the exact
-  significant products per layer.
+  (``none`` = no delta network), the mean return of 5 seeded episodes (closed-loop play, seeds
+  1000-1004, which choose nothing here) and, on the recorded 500-step episode, the agreement with
+  the dense agent and the exact significant products per layer. "The network at sparsity s" is
+  always ``dl.study.agent_at``'s: the shipped distilled agent (fine-tuned), or with
+  ``one_shot=True`` the dense agent pruned in one shot.
 
-The chapter reads these files and re-checks one grid cell live.
+The chapter reads these files and re-checks one grid cell live. ``book/data/count_noise.py``
+replays every grid cell too: re-run ``python book/data/count_noise.py --games CartPole-v1``
+after regenerating the grid.
 """
 from __future__ import annotations
 
-import copy
 import csv
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import deltalearn as dl
 
 HERE = Path(__file__).resolve().parent
 PRUNED_DIR = HERE / "pruned"
 GRID_CSV = HERE / "grid.csv"
+ENV = "CartPole-v1"
 SPARSITIES = [0.0, 0.3, 0.5, 0.7, 0.8, 0.9]
 THRESHOLDS = [None, 0.0, 0.001, 0.003, 0.01, 0.03, 0.1]
 EVAL_SEED, EVAL_EPISODES = 1000, 5
 FIELDS = ["kind", "sparsity", "threshold", "mean_return", "min_return", "agreement",
           "fc1", "fc2", "fc3", "significant", "dense", "reduction"]
+# Chapter 4's recipe, sized for a 256x256 MLP that balances a pole: short episodes, few states, a
+# larger learning rate and batch than the Atari defaults. The pool (40,000) holds every state
+# collected (at most 16 x 4 x 300), so nothing is dropped.
+DISTILL = dl.rl.DistillConfig(stages=tuple(SPARSITIES[1:]), rounds=3, updates=200, temperature=0.05,
+                              lr=1e-3, batch_size=128, mse_weight=0.01, episodes=4, epsilon=0.1,
+                              max_steps=300, seed=0, threads=1)
 
 
-def snapshot(net):
-    """A plain (mask-free) copy of a possibly pruned network (chapter 4)."""
-    plain = dl.build_network(net.spec)
-    dl.copy_weights(net, plain)
-    return plain.eval()
-
-
-def distill(student, teacher, obs, rounds=3, updates=200, temperature=0.05, lr=1e-3, seed=0):
-    """Chapter 4's fine-tuning: pull the student's action preferences towards the teacher's."""
-    opt = torch.optim.Adam(student.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    states = [obs]
-    for r in range(rounds):
-        play = dl.evaluate(snapshot(student), "CartPole-v1", episodes=4, seed=2000 + 10 * seed + r,
-                           epsilon=0.1, record=True, max_steps=300)
-        states += [torch.as_tensor(o) for o in play.observations]
-        X = torch.cat(states)
-        with torch.no_grad():
-            target = teacher(X)
-        for _ in range(updates):
-            i = torch.randint(len(X), (128,), generator=gen)
-            q = student(X[i])
-            loss = F.kl_div(F.log_softmax(q / temperature, dim=1), F.log_softmax(target[i] / temperature, dim=1),
-                            log_target=True, reduction="batchmean") + 0.01 * F.mse_loss(q, target[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return student
-
-
-def pruned_name(sparsity: float) -> str:
-    return f"CartPole-v1-pruned-{sparsity:g}"
-
-
-def make_pruned(agent, obs) -> None:
-    torch.manual_seed(0)
-    student = copy.deepcopy(agent)
-    for s in SPARSITIES[1:]:
-        t = time.time()
-        dl.prune_network(student, s)
-        distill(student, agent, obs, seed=int(s * 10))
-        net = snapshot(student)
-        dl.export_agent(net, pruned_name(s), {
-            "sparsity": s, "scope": "layer",
-            "recipe": "gradual magnitude pruning 0.3-0.5-0.7-0.8-0.9, each step followed by "
-                      "distill(rounds=3, updates=200, temperature=0.05, lr=1e-3) as in chapter 4",
+def make_pruned() -> None:
+    """Distil the shipped dense agent at every sparsity of DISTILL and export each stage's network."""
+    teacher = dl.load_agent(ENV)
+    t = time.time()
+    snapshots, history = dl.rl.prune_and_distill(teacher, ENV, DISTILL, progress=False)
+    print(f"distilled {len(snapshots)} stages in {time.time() - t:.0f} s", flush=True)
+    for s, net in snapshots.items():
+        dl.store.export_agent(net, dl.store.pruned_agent_name(ENV, s), {
+            "env": ENV, "teacher": ENV, "teacher_sha256": dl.agent_record(ENV)["sha256"],
+            "made_with": "deltalearn.rl.prune_and_distill",
+            "config": {"sparsity": s, "distill": DISTILL.to_dict()},
+            "stage": next(h for h in history if h["sparsity"] == s), "seed": DISTILL.seed,
             "made_by": "book/data/make_grid.py"}, directory=PRUNED_DIR)
-        print(f"sparsity {s}: distilled in {time.time() - t:.0f} s", flush=True)
 
 
-def networks(agent):
-    """{kind: {sparsity: network}} for one-shot and fine-tuned pruning."""
-    one_shot = {s: dl.make_permanent(dl.prune_network(copy.deepcopy(agent), s)) if s else agent
-                for s in SPARSITIES}
-    tuned = {s: dl.load_agent(pruned_name(s), directory=PRUNED_DIR) if s else agent for s in SPARSITIES}
-    return {"one-shot": one_shot, "fine-tuned": tuned}
+def networks() -> dict[str, dict[float, torch.nn.Module]]:
+    """{kind: {sparsity: network}} for one-shot and fine-tuned pruning, by ``dl.study.agent_at``."""
+    nets: dict[str, dict[float, torch.nn.Module]] = {}
+    for kind in ("one-shot", "fine-tuned"):
+        nets[kind] = {}
+        for s in SPARSITIES:
+            a = dl.study.agent_at(ENV, s, directory=PRUNED_DIR, one_shot=kind == "one-shot")
+            if kind == "fine-tuned" and s > 0 and not a.fine_tuned:
+                raise RuntimeError(f"no distilled agent for sparsity {s} in {PRUNED_DIR}: got {a.source}")
+            nets[kind][s] = a.net
+    return nets
 
 
 def grid_cell(net, observations, threshold, dense_actions):
@@ -102,7 +84,7 @@ def grid_cell(net, observations, threshold, dense_actions):
     ``agreement`` compares with ``dense_actions``, the greedy actions of the unpruned agent
     (``ReplayResult.agreement`` would compare with ``net`` itself, here already pruned).
     """
-    ev = dl.evaluate(net, "CartPole-v1", episodes=EVAL_EPISODES, seed=EVAL_SEED, threshold=threshold)
+    ev = dl.evaluate(net, ENV, episodes=EVAL_EPISODES, seed=EVAL_SEED, threshold=threshold)
     rp = dl.replay(net, observations, threshold=threshold)
     layers = [l.significant for l in rp.report.layers]
     return {"threshold": "none" if threshold is None else f"{threshold:g}",
@@ -114,13 +96,12 @@ def grid_cell(net, observations, threshold, dense_actions):
 
 def main() -> None:
     torch.set_num_threads(1)
-    agent = dl.load_agent("CartPole-v1")
-    observations = dl.load_trajectory("CartPole-v1")["observations"]
+    observations = dl.load_trajectory(ENV)["observations"]
     PRUNED_DIR.mkdir(exist_ok=True)
-    make_pruned(agent, torch.as_tensor(observations))
-    nets = networks(agent)
+    make_pruned()
+    nets = networks()
     with torch.no_grad():
-        dense_actions = agent(torch.as_tensor(observations)).argmax(1).numpy()
+        dense_actions = nets["one-shot"][0.0](torch.as_tensor(observations)).argmax(1).numpy()
     rows = []
     t = time.time()
     for kind, by_sparsity in nets.items():
