@@ -35,6 +35,16 @@ def _threshold_or_none(text: str) -> float | list[float] | None:
     return None if text.strip().lower() == "none" else _threshold(text)
 
 
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return n
+
+
 def _sparsity(text: str) -> float:
     from .core.pruning import check_sparsity
 
@@ -136,10 +146,10 @@ def cmd_distill(a: argparse.Namespace) -> int:
     cfg = DistillConfig.from_dict({**_parse_set(a.set or [], DistillConfig), "seed": a.seed})
     if a.stages:
         cfg.stages = tuple(a.stages)
-    name = a.agent or a.game
-    teacher, teacher_rec = _network(a.agent, a.game)
-    a.run_dir = run_dir = a.run_dir or f"runs/{a.game}-distill-seed{a.seed}"  # main's interrupt message names it
-    snaps, hist = prune_and_distill(teacher, a.game, cfg, run_dir=run_dir, progress=not a.no_progress)
+    name = a.agent or a.env
+    teacher, teacher_rec = _network(a.agent, a.env)
+    a.run_dir = run_dir = a.run_dir or f"runs/{a.env}-distill-seed{a.seed}"  # main's interrupt message names it
+    snaps, hist = prune_and_distill(teacher, a.env, cfg, run_dir=run_dir, progress=not a.no_progress)
     keep = a.keep or list(cfg.stages)
     missing = [k for k in keep if k not in snaps]
     if missing:
@@ -149,19 +159,19 @@ def cmd_distill(a: argparse.Namespace) -> int:
     out = []
     for s in keep:
         net = fp16_rounded(snaps[s])  # what ships
-        ev = evaluate(net, a.game, episodes=a.eval_episodes, seed=a.eval_seed, progress=not a.no_progress)
+        ev = evaluate(net, a.env, episodes=a.eval_episodes, seed=a.eval_seed, progress=not a.no_progress)
         d = ev.to_dict()
         row = {"sparsity": s, "mean_score": d["mean_score"], "std_score": d["std_score"],
                "stage": next(h for h in hist if h["sparsity"] == s)}
         out.append(row)
         if a.export:
-            export_agent(net, pruned_agent_name(a.game, s), {
-                "env": a.game, "teacher": name, "teacher_sha256": teacher_sha,
+            export_agent(net, pruned_agent_name(a.env, s), {
+                "env": a.env, "teacher": name, "teacher_sha256": teacher_sha,
                 "teacher_evaluation": teacher_eval, "config": {"sparsity": s, "distill": cfg.to_dict()},
                 "stage": row["stage"], "seed": cfg.seed,
                 "evaluation": ev.record(),
             }, directory=a.export)
-    print(json.dumps({"env": a.game, "teacher": name, "teacher_mean_score": teacher_eval.get("mean_score"),
+    print(json.dumps({"env": a.env, "teacher": name, "teacher_mean_score": teacher_eval.get("mean_score"),
                       "pruned": out}, indent=2))
     return 0
 
@@ -177,7 +187,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         from .study.reproduce import HELDOUT_EPISODES, HELDOUT_SEED
 
         a.seed, a.episodes = HELDOUT_SEED, HELDOUT_EPISODES
-    name = a.agent or a.game
+    name = a.agent or a.env
     if a.record and not (a.heldout and not a.checkpoint and a.sparsity == 0 and a.threshold is None
                          and a.epsilon is None):
         raise ValueError("--record stores a shipped agent's own held-out evaluation: it needs --heldout, a "
@@ -185,10 +195,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     _set_threads(a.threads)
     if a.checkpoint:
         net = load_network_file(a.checkpoint)
-        check_actions(net, a.game, f"the network in {a.checkpoint}")
+        check_actions(net, a.env, f"the network in {a.checkpoint}")
     else:
-        net = _network(a.agent, a.game)[0]
-    res = evaluate(net, a.game, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon,
+        net = _network(a.agent, a.env)[0]
+    res = evaluate(net, a.env, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon,
                    sparsity=a.sparsity, threshold=a.threshold, progress=not a.json and not a.no_progress)
     d = res.to_dict()
     if a.record:
@@ -198,7 +208,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(d))
     else:
-        print(f"{a.game} {res.variant}: {res.mean_score:.2f} +/- {res.std_score:.2f} over {len(res.scores)} "
+        print(f"{a.env} {res.variant}: {res.mean_score:.2f} +/- {res.std_score:.2f} over {len(res.scores)} "
               f"episodes" + (f", HNS {res.hns:.3f}" if res.hns is not None else ""))
         print(res.report)
     return 0
@@ -224,72 +234,17 @@ def cmd_count(a: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
-    import numpy as np
+    from .study.reproduce import reproduce_games
 
-    from .store.agents import agent_names, agent_record, load_agent, load_network_file, pruned_agent_name
-    from .core.counting import layer_names
-    from .rl.envs import check_actions
-    from .study.reproduce import (HELDOUT_EPISODES, HELDOUT_SEED, OUR_SETTINGS, PAPER_SETTINGS, SIX_GAMES,
-                            reproduce_sweep, reproduce_table, six_game_summary, sweep_thresholds, table_setting,
-                            write_results)
-    from .rl.evaluation import record_trajectory
-    from .store.trajectories import load_trajectory, save_trajectory, trajectory_names
-
-    if a.heldout:  # the reporting episodes: tables only, no one-shot row, in their own folder
-        a.seed, a.episodes, a.parts = HELDOUT_SEED, HELDOUT_EPISODES, ["table"]
+    if a.heldout:  # the reporting episodes get their own folder
         a.out = a.out if a.out != DEFAULT_REPRODUCE_OUT else "book/data/heldout"
     _set_threads(a.threads)
-    # by default every one of the paper's games that has a shipped agent and a table setting
-    games = a.game or [g for g in SIX_GAMES if g in agent_names() and g in {*PAPER_SETTINGS, *OUR_SETTINGS}]
-    if not games:
-        raise ValueError(f"no shipped agent for any of {', '.join(SIX_GAMES)}; name a game with --game")
-    pruned_file = load_network_file(a.pruned_checkpoint) if a.pruned_checkpoint else None
-    if pruned_file is not None and "table" in a.parts:  # one file for every game: it must fit each before any plays
-        for game in games:
-            check_actions(pruned_file, game, f"the network in {a.pruned_checkpoint}")
-    for game in games:
-        if a.sparsity is None or a.threshold is None:
-            s, t = table_setting(game)
-        s = a.sparsity if a.sparsity is not None else s
-        t = a.threshold if a.threshold is not None else t
-        net = load_agent(game)
-        sweep_sparsities = a.sweep_sparsities or sorted({0.0, 0.5, s, 0.9})
-        # fine-tuned pruned agents shipped by `deltalearn distill`, by sparsity
-        tuned = {x: load_agent(pruned_agent_name(game, x)) for x in {s, *sweep_sparsities}
-                 if x > 0 and pruned_agent_name(game, x) in agent_names()}
-        pruned, pruned_from = None, None
-        if pruned_file is not None:
-            pruned, pruned_from = pruned_file, str(a.pruned_checkpoint)
-        elif s in tuned:
-            pruned, pruned_from = tuned[s], pruned_agent_name(game, s)
-        if "table" in a.parts:
-            table = reproduce_table(net, game, s, t, episodes=a.episodes, seed=a.seed, pruned_net=pruned,
-                                    progress=not a.no_progress, one_shot=not a.heldout,
-                                    partial=Path(a.out) / f"{game}_table.partial.json")
-            table["pruned_from"] = pruned_from
-            write_results(a.out, f"{game}_table", table)
-            print(f"{game}: wrote {a.out}/{game}_table.json")
-        if "sweep" not in a.parts:
-            continue
-        # the sweep replays one recorded episode of *this* agent, shipped so its counts can be re-checked
-        traj = load_trajectory(game, a.trajectory_dir) if game in trajectory_names(a.trajectory_dir) else None
-        sha = agent_record(game)["sha256"]
-        if traj is None or str(traj.get("agent_sha256", sha)) != sha:
-            traj = record_trajectory(net, game, seed=a.seed, max_steps=a.trajectory_steps)
-            traj["agent_sha256"] = np.array(sha)
-            save_trajectory(traj, game, a.trajectory_dir)
-        thresholds = a.sweep_thresholds or sweep_thresholds(game, len(layer_names(net)))
-        sweep = reproduce_sweep(net, game, traj["observations"], sweep_sparsities, thresholds,
-                                episodes=a.sweep_episodes, seed=a.seed, progress=not a.no_progress,
-                                pruned_nets=tuned)
-        paths = write_results(a.out, f"{game}_sweep", sweep)
-        print(f"{game}: wrote {', '.join(str(p) for p in paths)}")
-    if "table" not in a.parts:  # the summary reads the tables: a sweep-only run leaves it as it was
-        return 0
-    # the six-game summary: one row per game whose table is in --out, old or new
-    summary = six_game_summary(a.out)
-    paths = write_results(a.out, "summary", summary)
-    print(f"summary of {', '.join(r['game'] for r in summary)}: wrote {', '.join(str(p) for p in paths)}")
+    reproduce_games(a.env, a.out, sparsity=a.sparsity, threshold=a.threshold, episodes=a.episodes, seed=a.seed,
+                    parts=a.parts, heldout=a.heldout, pruned_checkpoint=a.pruned_checkpoint,
+                    sweep_sparsities=a.sweep_sparsities, sweep_thresholds=a.sweep_thresholds,
+                    sweep_episodes=a.sweep_episodes, trajectory_steps=a.trajectory_steps,
+                    trajectory_dir=a.trajectory_dir, progress=not a.no_progress, workers=a.workers,
+                    engine=a.engine, scheduler=a.scheduler, echo=print)
     return 0
 
 
@@ -328,6 +283,7 @@ def cmd_agents(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .rl.envs import ENV_NAMES
     from .core.nets import MODELS
+    from .study.workers import ENGINES
 
     p = argparse.ArgumentParser(prog="deltalearn", description="Pruning + delta networks for DQN agents: "
                                 "train agents, evaluate them with fewer multiplications, count multiplications.")
@@ -356,15 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("distill", help="prune a shipped agent gradually, recovering it by distillation",
                        description="Prune a shipped agent stage by stage (per-layer magnitude pruning) and after "
                        "each stage distill the dense agent's action preferences into it on the states it visits. "
-                       "Resumable (RUN_DIR/distill.pt); --export ships the stages as <GAME>-pruned-<S>.")
-    d.add_argument("--game", required=True, choices=ENV_NAMES, metavar="GAME", help="CartPole-v1 or an Atari game")
+                       "Resumable (RUN_DIR/distill.pt); --export ships the stages as <ENV>-pruned-<S>.")
+    d.add_argument("--env", "--game", dest="env", required=True, choices=ENV_NAMES, metavar="ENV",
+                   help="CartPole-v1 or an Atari game")
     d.add_argument("--agent", default=None, help="the teacher: a shipped agent (a name from `deltalearn agents`) or "
                    "a .pt network file (default: the game's shipped agent)")
     d.add_argument("--stages", type=_sparsity, nargs="+", default=None, help="sparsities in increasing order")
     d.add_argument("--keep", type=_sparsity, nargs="+", default=None, help="stages to evaluate and export (default all)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override DistillConfig fields, e.g. updates=800")
-    d.add_argument("--run-dir", default=None, help="default runs/GAME-distill-seedS")
+    d.add_argument("--run-dir", default=None, help="default runs/ENV-distill-seedS")
     d.add_argument("--eval-episodes", type=int, default=10)
     d.add_argument("--eval-seed", type=int, default=0)
     d.add_argument("--export", metavar="DIR", default=None, help="write the kept stages as shipped agents into DIR")
@@ -374,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="play seeded episodes and count multiplications",
                        description="Play N seeded episodes with a shipped agent (or --checkpoint) as dense, "
                        "pruned (--sparsity), delta (--threshold) or pruned+delta network.")
-    e.add_argument("--game", "--env", dest="game", required=True, choices=ENV_NAMES, metavar="GAME",
+    e.add_argument("--env", "--game", dest="env", required=True, choices=ENV_NAMES, metavar="ENV",
                    help="CartPole-v1 or an Atari game: " + ", ".join(ENV_NAMES[1:]))
     e.add_argument("--episodes", type=int, default=10)
     e.add_argument("--seed", type=int, default=0)
@@ -409,12 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="write the paper's tables and sweeps for shipped agents",
                        description="For each game: the four variants (dense, pruned, delta, pruned+delta) on "
                        "paired seeded episodes, and a sparsity x threshold sweep, written as JSON/CSV.")
-    r.add_argument("--game", nargs="*", choices=ENV_NAMES, metavar="GAME", help="default: each of the paper's six games with a shipped agent")
+    r.add_argument("--env", "--game", dest="env", nargs="*", choices=ENV_NAMES, metavar="ENV",
+                   help="default: each of the paper's six games with a shipped agent")
     r.add_argument("--sparsity", type=_sparsity, default=None, help="default: the paper's setting for the game, or ours for a game it names none for")
     r.add_argument("--threshold", type=_threshold, default=None)
     r.add_argument("--pruned-checkpoint", default=None, help="a fine-tuned pruned network for the pruned variants")
-    r.add_argument("--episodes", type=int, default=10)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--episodes", type=int, default=None, help="table episodes (default 10; --heldout plays 30)")
+    r.add_argument("--seed", type=int, default=None, help="first episode's seed (default 0; --heldout: 1000)")
     r.add_argument("--sweep-sparsities", type=_sparsity, nargs="+", default=None,
                    help="default: 0, 0.5, the table's sparsity, 0.9")
     r.add_argument("--sweep-thresholds", type=_threshold_or_none, nargs="+",
@@ -425,8 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trajectory-steps", type=int, default=3000,
                    help="cap on the recorded episode the sweep replays (recorded when the agent changes)")
     r.add_argument("--trajectory-dir", default=None, help="where recorded episodes live (default: the package's)")
-    r.add_argument("--parts", nargs="+", choices=("table", "sweep"), default=["table", "sweep"],
-                   help="what to compute (default both): two runs with one part each can share two cores")
+    r.add_argument("--parts", nargs="+", choices=("table", "sweep"), default=None,
+                   help="what to compute (default both; --heldout: the table)")
     r.add_argument("--heldout", action="store_true",
                    help="report on the held-out episodes: tables only, 30 episodes from seed 1000 (settings are "
                    "chosen on seeds 0-9), written to book/data/heldout unless --out says otherwise")
@@ -434,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--threads", type=int, default=0,
                    help="torch threads (default 0: torch's default); 1 is faster beside a training run")
+    r.add_argument("--workers", type=_workers, default=1,
+                   help="run the games (or, for one game, its sweep's cells) in N local processes, one torch "
+                   "thread each; the files equal a serial run's with --threads 1 (default 1: no processes)")
+    r.add_argument("--engine", choices=ENGINES, default=None,
+                   help="where the tasks run: serial, processes (with --workers) or dask (with --scheduler); "
+                   "default: dask given a scheduler, processes given --workers > 1, else serial")
+    r.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (needs pip install "
+                   "'deltalearn[cluster]'); --out must be a folder its workers share")
     r.set_defaults(func=cmd_reproduce)
 
     g = sub.add_parser("agents", help="list the shipped agents with their scores and sparsity",
