@@ -22,7 +22,7 @@ import pandas as pd
 from ..core.counting import LayerCount, MultiplicationReport, count_weights
 from ..store.agents import agent_names, load_agent
 from .pruned_agents import agent_at
-from .reproduce import SIX_GAMES
+from .settings import SIX_GAMES
 from .stats import PairedDifference, paired_difference
 
 __all__ = ["Threshold", "VariantResult", "GameTable", "load_table", "load_tables", "load_sweep", "sweep_cell",
