@@ -238,8 +238,8 @@ def _traced_chain(net: nn.Module) -> Chain:
         if len(tensors) != 1:
             raise UnsupportedNetwork(
                 f"{where}: unsupported operation {_describe(node)}, which combines {len(tensors)} tensors "
-                f"({', '.join(a.name for a in tensors)}): a residual connection or merge. Only a chain in "
-                f"which each operation takes the previous one's output is supported: {SUPPORTED}")
+                f"({', '.join(a.name for a in tensors)}): a residual connection or merge. Each operation must "
+                f"take the output of the one before it and nothing else. Supported: {SUPPORTED}")
         if tensors[0] is not current:
             raise UnsupportedNetwork(
                 f"{where}: {_describe(node)} takes {tensors[0].name!r}, not the output of the operation "
