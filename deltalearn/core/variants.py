@@ -176,7 +176,8 @@ class Policy:
             make_permanent(net)
         self.net = net
         # our QNetworks know their input shape; any other network is measured on the example
-        example = None if hasattr(net, "input_shape") else example_input
+        example = None if hasattr(net, "input_shape") or example_input is None else \
+            torch.as_tensor(example_input, device=next(net.parameters()).device)
         extra = {} if example is None else {"example_input": example}
         self.delta = None if not v.is_delta else DeltaNetwork(net, v.threshold, drift_free=v.drift_free, **extra)
         self.names = layer_names(net)
