@@ -154,3 +154,12 @@ def test_a_missing_result_is_named_with_what_is_there(tmp_path):
         dl.study.load_summary(tmp_path)
     assert dl.study.load_tables(tmp_path) == {}
     assert list(dl.study.load_tables(DATA / "heldout")) == list(dl.study.SIX_GAMES)
+
+
+def test_agent_scores_read_the_manifest_records():
+    rec = dl.agent_record("Robotank-pruned-0.9")
+    assert dl.study.agent_scores("Robotank-pruned-0.9") == tuple(rec["evaluation"]["scores"])
+    held = dl.study.agent_scores("Breakout", "heldout_evaluation")
+    assert held == dl.load_table("Breakout", DATA / "heldout").variants["dense"].scores
+    with pytest.raises(KeyError, match="records no evaluation 'heldout'; it records evaluation"):
+        dl.study.agent_scores("Breakout", "heldout")

@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 
 from ..core.counting import LayerCount, MultiplicationReport, count_weights
-from ..store.agents import agent_names, load_agent
+from ..store.agents import agent_names, agent_record, load_agent
 from .pruned_agents import agent_at
 from .settings import SIX_GAMES
 from .stats import PairedDifference, paired_difference
 
 __all__ = ["Threshold", "VariantResult", "GameTable", "load_table", "load_tables", "load_sweep", "sweep_cell",
-           "load_summary", "summary_row", "layer_shares", "six_game_summary"]
+           "load_summary", "agent_scores", "summary_row", "layer_shares", "six_game_summary"]
 
 Threshold = float | tuple[float, ...] | None
 """A delta threshold as results hold it: ``None`` (no delta network), one number for every layer,
@@ -311,3 +311,17 @@ def load_summary(directory: PathLike) -> pd.DataFrame:
     df = pd.DataFrame(json.loads(path.read_text()))
     df["threshold"] = pd.Series([_threshold(t) for t in df["threshold"]], index=df.index, dtype=object)
     return df[[c for c in SUMMARY_COLUMNS if c in df] + [c for c in df if c not in SUMMARY_COLUMNS]]
+
+
+def agent_scores(name: str, evaluation: str = "evaluation") -> tuple[float, ...]:
+    """The per-episode scores of a shipped agent's recorded evaluation, in seed order.
+
+    ``evaluation`` names the manifest record: ``evaluation`` (the ten choosing episodes, seeds 0-9)
+    or ``heldout_evaluation`` (the held-out ones). Agents evaluated on the same seeds pair up, episode
+    by episode, in :func:`paired_difference`.
+    """
+    rec = agent_record(name)
+    records = [k for k, v in rec.items() if isinstance(v, dict) and "scores" in v]
+    if evaluation not in records:
+        raise KeyError(f"agent {name!r} records no evaluation {evaluation!r}; it records {', '.join(records) or 'none'}")
+    return tuple(float(x) for x in rec[evaluation]["scores"])
