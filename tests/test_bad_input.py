@@ -107,7 +107,7 @@ def test_observation_of_the_wrong_shape():
     with pytest.raises(ValueError, match=r"\(2, 3, 84, 84\)"):
         dl.DeltaNetwork(dqn, 0.0)(torch.zeros(2, 3, 84, 84))
     with pytest.raises(ValueError, match=r"\(1, 5\)"):
-        dl.count_forward(mlp, torch.zeros(1, 5))
+        dl.core.forward_with_counts(mlp, torch.zeros(1, 5))
 
 
 def test_bad_network_sizes():

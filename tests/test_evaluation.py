@@ -185,15 +185,6 @@ def test_check_actions_runs_a_network_without_n_actions():
         dl.rl.check_actions(CleanRLQNetwork(copy.deepcopy(dl.nature_dqn(6).body), scale=True), "Breakout")
 
 
-def _needs_any_network():
-    """xfail (strict) until counting and the delta network accept any module (issue 16, helper A)."""
-    import inspect
-
-    ready = "example_input" in inspect.signature(dl.core.dense_counts).parameters
-    return pytest.mark.xfail(not ready, strict=True, reason="counting/DeltaNetwork accept only QNetwork yet")
-
-
-@_needs_any_network()
 def test_a_cleanrl_mlp_evaluates_and_replays_like_our_qnetwork(cartpole, episode):
     ours = cartpole
     theirs = CleanRLQNetwork(copy.deepcopy(ours.body), scale=False)
@@ -211,7 +202,6 @@ def test_a_cleanrl_mlp_evaluates_and_replays_like_our_qnetwork(cartpole, episode
     assert torch.equal(theirs(x), ours(x))
 
 
-@_needs_any_network()
 def test_a_cleanrl_atari_network_replays_like_our_nature_dqn():
     ours = dl.load_agent("Breakout")
     theirs = CleanRLQNetwork(copy.deepcopy(ours.body), scale=True)  # x / 255.0, as CleanRL writes it
@@ -225,3 +215,22 @@ def test_a_cleanrl_atari_network_replays_like_our_nature_dqn():
         assert dl.counts_close(a.report, b.report) and a.report.total_dense == b.report.total_dense
     ev = dl.evaluate(theirs, "Breakout", episodes=1, seed=0, variant=dl.Variant(0.79, 0.001), max_steps=40)
     assert ev.report.steps == 40 and ev.report.total_dense == 40 * sum(dl.core.dense_counts(ours))
+
+
+class Residual(nn.Module):
+    """Not a chain: its output adds two branches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.b(x)
+
+
+def test_an_unsupported_network_fails_before_playing_or_replaying(monkeypatch, episode):
+    monkeypatch.setattr(dl.rl.evaluation, "make_env", lambda *a, **k: pytest.fail("built an env first"))
+    with pytest.raises(dl.core.UnsupportedNetwork, match="Residual.forward"):
+        dl.evaluate(Residual(), "CartPole-v1", episodes=1)
+    with pytest.raises(dl.core.UnsupportedNetwork, match="Residual.forward"):
+        dl.replay(Residual(), episode, threshold=0.01)

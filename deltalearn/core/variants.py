@@ -15,15 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .counting import dense_counts, layer_names
+from .counting import dense_counts, forward_with_counts, layer_names
 from .delta import DeltaNetwork, check_threshold
 from .nets import plain_copy
 from .pruning import check_sparsity, make_permanent, prune_network
-
-try:  # the name of the counting forward once any network can be counted (issue 16)
-    from .counting import forward_with_counts
-except ImportError:  # pragma: no cover - until then it is count_forward
-    from .counting import count_forward as forward_with_counts
 
 __all__ = ["Variant", "Policy", "as_variant"]
 
