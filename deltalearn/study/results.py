@@ -323,5 +323,6 @@ def agent_scores(name: str, evaluation: str = "evaluation") -> tuple[float, ...]
     rec = agent_record(name)
     records = [k for k, v in rec.items() if isinstance(v, dict) and "scores" in v]
     if evaluation not in records:
-        raise KeyError(f"agent {name!r} records no evaluation {evaluation!r}; it records {', '.join(records) or 'none'}")
+        raise KeyError(f"agent {name!r} records no evaluation {evaluation!r}; "
+                       f"it records {', '.join(records) or 'none'}")
     return tuple(float(x) for x in rec[evaluation]["scores"])
