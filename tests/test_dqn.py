@@ -163,7 +163,8 @@ def test_warm_restart_keeps_the_best_network_with_its_score(tmp_path):
 
 
 def test_old_resume_file_without_best_forgets_its_best_score(tmp_path):
-    """A resume.pt written before it kept the best net: the next evaluation defines the best."""
+    """A resume.pt written before it kept the best net (runs/Breakout, Freeway and Pong still are):
+    the next evaluation defines the best."""
     cfg = tiny_config(total_steps=2000, eval_every=1000)
     dl.train(cfg, tmp_path, progress=False)
     for f in ("checkpoint.pt", "replay.npz", "best.pt"):
@@ -271,3 +272,112 @@ def test_resume_reads_whole_buffer_replay_files_and_survives_unreadable_ones(tmp
         assert torch.equal(res["old"].net.state_dict()[k], v), k
     said = [ln for ln in capsys.readouterr().err.splitlines() if "not resumed" in ln]
     assert len(said) == 1 and "replay.npz" in said[0] and "unreadable" in said[0]
+
+
+def test_config_from_dict_refuses_unknown_keys_and_names_them():
+    cfg = dl.DQNConfig.cartpole(seed=2)
+    assert dl.DQNConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"\['lr_decay', 'totl_steps'\]") as e:
+        dl.DQNConfig.from_dict({**cfg.to_dict(), "totl_steps": 10, "lr_decay": 0.5})
+    assert "allowed" in str(e.value) and "total_steps" in str(e.value)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_committed_dqn_config_and_run_file_still_loads():
+    """The shipped agents' configs and the committed runs/*/resume.pt load with today's fields,
+    and each run file passes the checks a resumed run makes (its network, env and seed)."""
+    from deltalearn.rl.run_files import RunFiles
+
+    manifest = json.loads((REPO / "deltalearn" / "agents" / "manifest.json").read_text())
+    dense = {name: rec for name, rec in manifest.items() if "teacher" not in rec}  # pruned ones hold a distillation
+    assert "CartPole-v1" in dense and len(dense) >= 7
+    for name, rec in dense.items():
+        assert dl.DQNConfig.from_dict(rec["config"]).env == rec["env"], name
+    runs = sorted(p.parent for p in (REPO / "runs").glob("*/resume.pt"))
+    assert runs
+    for run in runs:
+        cfg = dl.DQNConfig.from_dict(json.loads((run / "history.json").read_text())["config"])
+        data = torch.load(run / "resume.pt", weights_only=True)
+        spec = dl.NetworkSpec.from_dict(data["spec"])
+        assert RunFiles(run, cfg, spec, torch.device("cpu")).read("resume.pt")["step"] == data["step"], run
+        other = dl.DQNConfig.from_dict({**cfg.to_dict(), "seed": cfg.seed + 1})
+        with pytest.raises(dl.CheckpointError, match="seed"):
+            RunFiles(run, other, spec, torch.device("cpu")).read("resume.pt")
+
+
+def test_warm_restart_refuses_a_resume_file_of_another_seed(tmp_path):
+    dl.train(tiny_config(total_steps=300, checkpoint_every=300, eval_every=0), tmp_path, progress=False)
+    (tmp_path / "checkpoint.pt").unlink()
+    with pytest.raises(dl.CheckpointError, match="seed 3, not CartPole-v1 seed 4"):
+        dl.train(tiny_config(total_steps=600, seed=4, eval_every=0), tmp_path, progress=False)
+
+
+def test_pruning_schedule_is_cubic_and_ends_on_its_last_round():
+    s = dl.rl.PruningSchedule(final=0.8, start=100, end=1100, every=300)
+    assert [s.sparsity_at(t) for t in (0, 100, 1100, 5000)] == [0.0, 0.0, 0.8, 0.8]
+    assert s.sparsity_at(600) == pytest.approx(0.8 * (1 - 0.5 ** 3))  # half way: 7/8 of the way there
+    rounds, t = [], s.first_round()
+    while t != float("inf"):
+        rounds.append(t)
+        t = s.next_round(t)
+    assert rounds == [100, 300, 600, 900, 1100]  # the grid, and one exactly at the end
+    assert s.first_round(650) == 900  # a run resumed mid-schedule continues on the grid
+    assert s.first_round(2000) == float("inf")
+    # the end defaults to three quarters of the run; no sparsity, no rounds
+    cfg = dl.DQNConfig(total_steps=10_000, sparsity=0.5, prune_start=1000)
+    assert dl.rl.PruningSchedule.from_config(cfg).end == 7_500
+    assert dl.rl.PruningSchedule.from_config(dl.DQNConfig(sparsity=0.0)).first_round() == float("inf")
+
+
+def two_state_batch(**kw):
+    """Two transitions of a 2-action task; next states where the online and target nets disagree."""
+    b = dict(obs=torch.tensor([[1.0, 0.0], [0.0, 1.0]]), actions=torch.tensor([0, 1]),
+             returns=torch.tensor([1.0, 0.5]), next_obs=torch.tensor([[1.0, 1.0], [0.0, 1.0]]),
+             discounts=torch.tensor([0.9, 0.0]))
+    b.update(kw)
+    return dl.rl.Batch(**b)
+
+
+def linear_q(weight):
+    net = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor(weight))
+    return net
+
+
+def test_double_dqn_update_values_the_online_choice_with_the_target_net():
+    q = linear_q([[2.0, 0.0], [0.0, 1.0]])       # next state 1: online prefers action 0 (2 > 1)
+    target = linear_q([[1.0, 1.0], [3.0, 3.0]])  # ...the target net values action 0 at 2, action 1 at 6
+    before_target = target.weight.clone()
+    batch = two_state_batch()
+    # Double DQN: y = [1 + 0.9 * Q_target(s', argmax Q_online) = 1 + 0.9 * 2, 0.5 (terminal)]
+    pred = torch.tensor([2.0, 1.0])  # Q(s, a) of the taken actions
+    want = torch.nn.functional.smooth_l1_loss(pred, torch.tensor([2.8, 0.5])).item()
+    plain_dqn = torch.nn.functional.smooth_l1_loss(pred, torch.tensor([1 + 0.9 * 6, 0.5])).item()
+    opt = torch.optim.SGD(q.parameters(), lr=0.1)
+    loss = dl.double_dqn_update(q, target, opt, batch, max_grad_norm=100.0)
+    assert loss == pytest.approx(want) and loss != pytest.approx(plain_dqn)
+    assert torch.equal(target.weight, before_target)  # the target net only values
+    with torch.no_grad():  # one SGD step on that loss lowers it
+        after = torch.nn.functional.smooth_l1_loss(q(batch.obs).gather(1, batch.actions[:, None]).squeeze(1),
+                                                   torch.tensor([2.8, 0.5])).item()
+    assert after < want
+
+
+def test_double_dqn_update_clips_the_gradient_and_keeps_a_pruned_net_pruned():
+    q = linear_q([[20.0, 0.0], [0.0, 10.0]])  # far from any target: a large gradient
+    before = q.weight.detach().clone()
+    dl.double_dqn_update(q, linear_q([[0.0, 0.0], [0.0, 0.0]]), torch.optim.SGD(q.parameters(), lr=1.0),
+                         two_state_batch(), max_grad_norm=1e-3)
+    assert float((q.weight.detach() - before).norm()) == pytest.approx(1e-3, rel=1e-2)  # not the full step
+
+    torch.manual_seed(0)
+    net = dl.prune_network(dl.mlp_qnet(2, 2, (16,)), 0.5)
+    zeros = [m.weight == 0 for m in dl.weight_layers(net)]
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    for _ in range(3):
+        dl.double_dqn_update(net, dl.core.plain_copy(net), opt, two_state_batch())
+    for z, m in zip(zeros, dl.weight_layers(net)):
+        assert (m.weight[z] == 0).all() and (m.weight[~z] != 0).any()
