@@ -243,7 +243,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
                     parts=a.parts, heldout=a.heldout, pruned_checkpoint=a.pruned_checkpoint,
                     sweep_sparsities=a.sweep_sparsities, sweep_thresholds=a.sweep_thresholds,
                     sweep_episodes=a.sweep_episodes, trajectory_steps=a.trajectory_steps,
-                    trajectory_dir=a.trajectory_dir, progress=not a.no_progress, workers=a.workers,
+                    trajectory_dir=a.trajectory_dir, max_steps=a.max_steps, progress=not a.no_progress, workers=a.workers,
                     engine=a.engine, scheduler=a.scheduler, echo=print)
     return 0
 
@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "per layer (default: none 0 0.001 0.003 0.01 0.03 0.1, and for Robotank and BattleZone also "
                    "first-layer thresholds 0.01, 0.03, 0.1 with 0.001 deeper)")
     r.add_argument("--sweep-episodes", type=int, default=0, help="closed-loop episodes per sweep cell (0: replay only)")
+    r.add_argument("--max-steps", type=int, default=None,
+                   help="cap every played episode at this many decisions (a quick check, not a result)")
     r.add_argument("--trajectory-steps", type=int, default=3000,
                    help="cap on the recorded episode the sweep replays (recorded when the agent changes)")
     r.add_argument("--trajectory-dir", default=None, help="where recorded episodes live (default: the package's)")
