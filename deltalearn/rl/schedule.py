@@ -38,7 +38,7 @@ class PruningSchedule:
         return self.final * (1 - (1 - frac) ** 3)
 
     def first_round(self, step: int = 0) -> float:
-        """The step of the next round for a run at ``step`` that has not pruned yet (inf: never)."""
+        """The first round of a run starting, or resuming, at ``step`` (inf: none is left)."""
         if self.final <= 0:
             return math.inf
         return self.start if step <= self.start else self.next_round(step)
