@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
 __all__ = ["ENGINES", "resolve_engine", "iter_tasks", "map_tasks"]
@@ -59,18 +61,38 @@ def _start_process(shared: tuple[Any, ...] | None) -> None:
     _SHARED = shared
 
 
+@contextmanager
+def _sigint_ignored_by_new_processes() -> Iterator[None]:
+    """Start processes with Ctrl-C ignored (a process inherits that), so one still importing when
+    Ctrl-C comes does not print a traceback: the parent stops its workers itself."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _in_process(fn: Callable[..., Any], task: Any) -> Any:
     return _call(fn, _SHARED, task)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """End the pool's processes now: cancelling futures cannot stop tasks already handed to them."""
+    """End the pool's processes now: cancelling futures cannot stop tasks already handed to them.
+
+    The pool then finds itself broken and fails every task it still holds, which is what lets
+    ``shutdown`` return at once (cancelling them as well races that on Python 3.11).
+    """
     if hasattr(pool, "terminate_workers"):  # Python 3.14+
         pool.terminate_workers()
         return
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
         proc.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.join()
 
 
 def _in_processes(fn: Callable[..., Any], tasks: Sequence[Any], shared: tuple[Any, ...] | None,
@@ -81,16 +103,18 @@ def _in_processes(fn: Callable[..., Any], tasks: Sequence[Any], shared: tuple[An
                                initializer=_start_process, initargs=(shared,))
     futures: list[Future[Any]] = []
     try:
-        futures = [pool.submit(_in_process, fn, t) for t in tasks]
+        with _sigint_ignored_by_new_processes():  # the pool starts its processes as tasks are submitted
+            futures = [pool.submit(_in_process, fn, t) for t in tasks]
         for f in futures:
             yield f.result()
     except BaseException:  # an error in a task, Ctrl-C here, or the caller stopped reading
-        for f in futures:
-            f.cancel()
         _stop_workers(pool)
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True)
+        # an interrupt's traceback keeps this frame: without the pool in it, its queues' semaphores are
+        # released now rather than reported as leaked when the interpreter exits
+        del pool, futures
 
 
 def _in_dask_worker(task: Any, fn: Callable[..., Any], shared: tuple[Any, ...] | None) -> Any:
