@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 import deltalearn as dl
 from deltalearn import cli
-from deltalearn.study import map_tasks, reproduce_game, reproduce_games
+from deltalearn.study import iter_tasks, map_tasks, reproduce_game, reproduce_games
 
 # one game, table and sweep, in options the command line can say too: its sweep cells are the tasks
 CARTPOLE = dict(sparsity=0.5, threshold=0.01, episodes=2, seed=3, sweep_sparsities=[0.0, 0.5, 0.7],
@@ -62,6 +64,15 @@ def test_map_tasks_keeps_task_order_and_checks_its_options():
                        (dict(workers=2, engine="processes", scheduler="tcp://x:1"), "'processes'")]:
         with pytest.raises(ValueError, match=shown):
             map_tasks(abs, [1], **bad)
+
+
+def test_stopping_early_ends_the_worker_processes_at_once():
+    # what Ctrl-C does too: the tasks still running (a minute each) are not waited for
+    results = iter_tasks(time.sleep, [0, 60, 60, 60], workers=2)
+    assert next(results) is None
+    started = time.monotonic()
+    results.close()
+    assert time.monotonic() - started < 10 and multiprocessing.active_children() == []
 
 
 def test_the_command_with_two_workers_writes_what_the_serial_run_writes(tmp_path, trajectories, serial_one, capsys):
