@@ -97,11 +97,9 @@ def _network(source: str | None, game: str, option: str = "--agent") -> tuple[QN
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .store.agents import export_agent, fp16_rounded
-    from .store.checkpoint import load_checkpoint
     from .rl.dqn import DQNConfig, train
     from .rl.envs import is_atari
-    from .rl.evaluation import evaluate
+    from .rl.ship import ship_trained
 
     over = _parse_set(a.set or [])
     if a.steps is not None:
@@ -112,67 +110,24 @@ def cmd_train(a: argparse.Namespace) -> int:
     tag = f"-s{cfg.sparsity:g}" if cfg.sparsity > 0 else ("-finetune" if init is not None else "")
     a.run_dir = run_dir = a.run_dir or f"runs/{a.env}{tag}-seed{a.seed}"  # main's interrupt message names it
     res = train(cfg, run_dir, resume=not a.restart, progress=not a.no_progress, init=init)
-    # the shipped file holds fp16 weights: evaluate exactly what ships, so the record reproduces
-    net = fp16_rounded(res.best_net) if a.export else res.best_net
-    ev = evaluate(net, cfg.env, episodes=a.eval_episodes, seed=a.eval_seed, progress=not a.no_progress)
-    steps = res.steps
-    summary = {"env": cfg.env, "run_dir": str(run_dir), "wall_time_s": round(res.wall_time, 1),
-               "evaluation": {k: v for k, v in ev.to_dict().items() if k not in ("layers",)}}
+    summary = ship_trained(res, run_dir, episodes=a.eval_episodes, seed=a.eval_seed, export=a.export,
+                           name=a.export_name, init=a.init, progress=not a.no_progress)
     print(json.dumps(summary, indent=2))
-    if a.export:
-        frames = 4 if is_atari(cfg.env) else 1
-        record = {
-            "env": cfg.env, "agent_steps": int(steps), "frames": int(steps) * frames,
-            "wall_time_s": round(res.wall_time, 1), "seed": cfg.seed, "config": cfg.to_dict(),
-            "evaluation": ev.record(),
-        }
-        if a.init:
-            record["init"] = a.init
-        # the shipped net is the best evaluated one, which may predate the run's last step
-        best_file = Path(run_dir) / "best.pt"
-        if best_file.exists():
-            record["best_net_step"] = int(load_checkpoint(best_file)["step"])
-        # the learning curve of the periodic evaluations travels with the agent
-        record["curve"] = {k: res.history[k] for k in ("eval_step", "eval_mean", "eval_std")}
-        export_agent(net, a.export_name or cfg.env, record, directory=a.export)
     return 0
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    from .store.agents import export_agent, fp16_rounded, pruned_agent_name, sha256
-    from .rl.distill import DistillConfig, prune_and_distill
-    from .rl.evaluation import evaluate
+    from .rl.distill import DistillConfig
+    from .rl.ship import distill_and_ship
 
     cfg = DistillConfig.from_dict({**_parse_set(a.set or [], DistillConfig), "seed": a.seed})
     if a.stages:
         cfg.stages = tuple(a.stages)
-    name = a.agent or a.env
-    teacher, teacher_rec = _network(a.agent, a.env)
+    teacher = _network(a.agent, a.env)[0]
     a.run_dir = run_dir = a.run_dir or f"runs/{a.env}-distill-seed{a.seed}"  # main's interrupt message names it
-    snaps, hist = prune_and_distill(teacher, a.env, cfg, run_dir=run_dir, progress=not a.no_progress)
-    keep = a.keep or list(cfg.stages)
-    missing = [k for k in keep if k not in snaps]
-    if missing:
-        raise ValueError(f"--keep {missing} are not among the stages {list(cfg.stages)}")
-    teacher_eval = (teacher_rec or {}).get("evaluation", {})
-    teacher_sha = teacher_rec["sha256"] if teacher_rec is not None else sha256(name)
-    out = []
-    for s in keep:
-        net = fp16_rounded(snaps[s])  # what ships
-        ev = evaluate(net, a.env, episodes=a.eval_episodes, seed=a.eval_seed, progress=not a.no_progress)
-        d = ev.to_dict()
-        row = {"sparsity": s, "mean_score": d["mean_score"], "std_score": d["std_score"],
-               "stage": next(h for h in hist if h["sparsity"] == s)}
-        out.append(row)
-        if a.export:
-            export_agent(net, pruned_agent_name(a.env, s), {
-                "env": a.env, "teacher": name, "teacher_sha256": teacher_sha,
-                "teacher_evaluation": teacher_eval, "config": {"sparsity": s, "distill": cfg.to_dict()},
-                "stage": row["stage"], "seed": cfg.seed,
-                "evaluation": ev.record(),
-            }, directory=a.export)
-    print(json.dumps({"env": a.env, "teacher": name, "teacher_mean_score": teacher_eval.get("mean_score"),
-                      "pruned": out}, indent=2))
+    out = distill_and_ship(teacher, a.env, cfg, teacher_name=a.agent or a.env, run_dir=run_dir, keep=a.keep,
+                           episodes=a.eval_episodes, seed=a.eval_seed, export=a.export, progress=not a.no_progress)
+    print(json.dumps(out, indent=2))
     return 0
 
 
