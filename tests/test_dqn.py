@@ -285,7 +285,7 @@ def test_config_from_dict_refuses_unknown_keys_and_names_them():
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_every_committed_dqn_config_and_run_file_still_loads():
+def test_every_committed_dqn_config_and_run_file_still_loads(tmp_path):
     """The shipped agents' configs and the committed runs/*/resume.pt load with today's fields,
     and each run file passes the checks a resumed run makes (its network, env and seed)."""
     from deltalearn.rl.run_files import RunFiles
@@ -301,10 +301,13 @@ def test_every_committed_dqn_config_and_run_file_still_loads():
         cfg = dl.DQNConfig.from_dict(json.loads((run / "history.json").read_text())["config"])
         data = torch.load(run / "resume.pt", weights_only=True)
         spec = dl.NetworkSpec.from_dict(data["spec"])
-        assert RunFiles(run, cfg, spec, torch.device("cpu")).read("resume.pt")["step"] == data["step"], run
+        copy = tmp_path / run.name  # opening a run dir tidies it: leave the repository's alone
+        copy.mkdir()
+        shutil.copy(run / "resume.pt", copy)
+        assert RunFiles(copy, cfg, spec, torch.device("cpu")).read("resume.pt")["step"] == data["step"], run
         other = dl.DQNConfig.from_dict({**cfg.to_dict(), "seed": cfg.seed + 1})
         with pytest.raises(dl.CheckpointError, match="seed"):
-            RunFiles(run, other, spec, torch.device("cpu")).read("resume.pt")
+            RunFiles(copy, other, spec, torch.device("cpu")).read("resume.pt")
 
 
 def test_warm_restart_refuses_a_resume_file_of_another_seed(tmp_path):

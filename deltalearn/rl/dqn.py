@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 from .._status import status_line
 from ..core.nets import NetworkSpec, QNetwork, build_network, copy_weights, plain_copy
 from ..core.pruning import prune_network
-from ..store.checkpoint import remove_stale_temporaries
 from .buffer import Batch, ReplayBuffer
 from .dqn_config import DQNConfig
 from .envs import check_actions, is_atari, make_vector_env
@@ -90,8 +89,7 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     ``callback(agent_step, info)`` is called after every vector step (for plots or tests).
     ``init`` starts from a trained network's weights instead of random ones: with
     ``cfg.sparsity > 0`` this is prune-while-fine-tuning (pruned weights stay zero).
-    ``resume=False`` starts afresh even if ``run_dir`` holds a run (and overwrites its files).
-    SIGTERM and Ctrl-C save a checkpoint before they stop the run.
+    ``resume=False`` starts afresh in a ``run_dir`` that holds a run. SIGTERM and Ctrl-C checkpoint.
     """
     cfg.validate()
     if init is not None:  # a network for another game: say so before any environment starts
@@ -99,8 +97,6 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = select_device(cfg.device)
-    if run_dir is not None:  # what a killed checkpoint write left behind (a replay temporary can pass a GB)
-        remove_stale_temporaries(run_dir)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     envs = make_vector_env(cfg.env, cfg.num_envs, seed=cfg.seed)
@@ -166,8 +162,7 @@ def train(cfg: DQNConfig, run_dir: str | os.PathLike | None = None, resume: bool
                 next_ckpt += cfg.checkpoint_every
                 if not progress:
                     _log_status(cfg, s, eps)
-            if progress:
-                _show_progress(bar, cfg, s, eps)
+            _show_progress(bar, cfg, s, eps)
             if callback is not None:
                 callback(s.step, {"eps": eps, "updates": s.updates})
         if cfg.eval_every and (not s.history["eval_step"] or s.history["eval_step"][-1] != s.step):
@@ -266,7 +261,7 @@ def _evaluate(s: TrainState, cfg: DQNConfig, files: RunFiles, may_be_best: bool)
 def _show_progress(bar: Any, cfg: DQNConfig, s: TrainState, eps: float) -> None:
     """Every 50 vector steps, the progress bar's epsilon, recent return and last evaluation."""
     hist = s.history
-    if hist["episode_return"] and s.step % (cfg.num_envs * 50) == 0:
+    if not bar.disable and hist["episode_return"] and s.step % (cfg.num_envs * 50) == 0:
         post = {"eps": f"{eps:.2f}", "return": f"{np.mean(hist['episode_return'][-20:]):.1f}"}
         if hist["eval_mean"]:
             post["eval"] = f"{hist['eval_mean'][-1]:.1f}"

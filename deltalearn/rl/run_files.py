@@ -26,7 +26,8 @@ import torch
 
 from .._status import status_line
 from ..core.nets import NetworkSpec, QNetwork, build_network, copy_weights, load_state
-from ..store.checkpoint import CheckpointError, atomic_write, check_spec, load_checkpoint, save_checkpoint
+from ..store.checkpoint import (CheckpointError, atomic_write, check_spec, load_checkpoint, remove_stale_temporaries,
+                                save_checkpoint)
 from .buffer import ReplayBuffer
 from .dqn_config import DQNConfig
 
@@ -63,12 +64,18 @@ class TrainState:
 
 
 class RunFiles:
-    """The files of one run in ``run_dir``; with ``run_dir=None`` nothing is written or read."""
+    """The files of one run in ``run_dir``; with ``run_dir=None`` nothing is written or read.
+
+    Opening a run removes the temporary files a killed checkpoint write left in its folder (a
+    replay buffer's can pass a GB): a folder holds one run, so no other process writes there.
+    """
 
     def __init__(self, run_dir: str | os.PathLike | None, cfg: DQNConfig, spec: NetworkSpec,
                  device: torch.device) -> None:
         self.dir = Path(run_dir) if run_dir is not None else None
         self.cfg, self.spec, self.device = cfg, spec, device
+        if self.dir is not None:
+            remove_stale_temporaries(self.dir)
 
     def _path(self, name: str) -> Path:
         if self.dir is None:
