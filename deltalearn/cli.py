@@ -341,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on the recorded episode the sweep replays (recorded when the agent changes)")
     r.add_argument("--trajectory-dir", default=None, help="where recorded episodes live (default: the package's)")
     r.add_argument("--parts", nargs="+", choices=("table", "sweep"), default=None,
-                   help="what to compute (default both; --heldout: the table)")
+                   help="what to compute (default both; --heldout: the table): two runs with one part each can "
+                   "share two cores")
     r.add_argument("--heldout", action="store_true",
                    help="report on the held-out episodes: tables only, 30 episodes from seed 1000 (settings are "
                    "chosen on seeds 0-9), written to book/data/heldout unless --out says otherwise")
@@ -349,14 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--threads", type=int, default=0,
                    help="torch threads (default 0: torch's default); 1 is faster beside a training run")
-    r.add_argument("--workers", type=_workers, default=1,
+    r.add_argument("--workers", type=_workers, default=1, metavar="N",
                    help="run the games (or, for one game, its sweep's cells) in N local processes, one torch "
                    "thread each; the files equal a serial run's with --threads 1 (default 1: no processes)")
     r.add_argument("--engine", choices=ENGINES, default=None,
                    help="where the tasks run: serial, processes (with --workers) or dask (with --scheduler); "
                    "default: dask given a scheduler, processes given --workers > 1, else serial")
     r.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                   help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (needs pip install "
+                   help="a running Dask scheduler, e.g. tcp://scheduler-host:8786 (needs pip install "
                    "'deltalearn[cluster]'); --out must be a folder its workers share")
     r.set_defaults(func=cmd_reproduce)
 

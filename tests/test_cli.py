@@ -71,7 +71,9 @@ def test_evaluate_delta_variant_text_output(capsys):
 
 
 HELP_OPTIONS = {"train": ["--env", "--steps", "--run-dir", "--set"],
-                "evaluate": ["--game", "--episodes", "--threshold", "--sparsity", "--json"],
+                "evaluate": ["--env", "--episodes", "--threshold", "--sparsity", "--json"],
+                "distill": ["--env", "--stages", "--keep", "--export"],
+                "reproduce": ["--env", "--parts", "--workers", "--engine", "--scheduler", "--max-steps"],
                 "count": ["--model", "--actions", "--sparsity", "--json"]}
 
 
@@ -84,6 +86,15 @@ def test_help(capsys, command):
     assert f"usage: deltalearn {command}" in out
     for opt in HELP_OPTIONS[command]:
         assert opt in out
+
+
+@pytest.mark.parametrize("command", ["train", "distill", "evaluate", "reproduce"])
+def test_env_is_the_one_spelling_and_game_still_works(command):
+    parser = cli.build_parser()
+    for option in ("--env", "--game"):  # --game: the README's older commands
+        assert parser.parse_args([command, option, "Breakout"]).env in ("Breakout", ["Breakout"])
+    sub = parser._subparsers._group_actions[0].choices[command]
+    assert sub.format_usage().count("--env") == 1 and "--game" not in sub.format_usage()
 
 
 def test_help_through_the_console_script():

@@ -1,5 +1,6 @@
 """The reproduction tables: paired variants, and files written as promised."""
 import csv
+import re
 import json
 from pathlib import Path
 
@@ -235,3 +236,42 @@ def test_the_heldout_tables_report_on_episodes_no_choice_saw():
             assert len(v["scores"]) == dl.HELDOUT_EPISODES and v["seed"] == dl.HELDOUT_SEED
         # the dense variant is the shipped agent's held-out evaluation, the figure the book quotes
         assert dl.agent_record(game)["heldout_evaluation"]["scores"] == tab["variants"]["dense"]["scores"]
+
+
+def test_reproduce_game_takes_every_agent_at_a_sparsity_from_agent_at(tmp_path, monkeypatch):
+    import deltalearn.study.pruned_agents as P
+
+    real, asked = P.agent_at, []
+
+    def agent_at(env, sparsity, *a, **k):  # stands for a shipped distilled CartPole agent at every sparsity
+        asked.append(sparsity)
+        got = real(env, sparsity, *a, **k)
+        return got if sparsity == 0 else P.PrunedAgent(got.net, env, sparsity, f"{env}-pruned-{sparsity:g}")
+
+    monkeypatch.setattr(P, "agent_at", agent_at)
+    run = dl.study.reproduce_game("CartPole-v1", tmp_path, sparsity=0.6, threshold=0.01, episodes=1, max_steps=30,
+                                  sweep_sparsities=[0.0, 0.6, 0.8], sweep_thresholds=[0.01], progress=False)
+    assert sorted(set(asked)) == [0.0, 0.6, 0.8]
+    assert run.table["pruned_from"] == "CartPole-v1-pruned-0.6" and "pruned one-shot" in run.table["variants"]
+    assert [r["fine_tuned"] for r in run.sweep] == [False, True, True]
+    assert json.loads((tmp_path / "CartPole-v1_table.json").read_text()) == run.table
+    assert [p.name for p in run.written] == ["CartPole-v1_table.json", "CartPole-v1_sweep.json", "CartPole-v1_sweep.csv"]
+    assert run.lines[0] == f"CartPole-v1: wrote {tmp_path}/CartPole-v1_table.json"
+
+
+@pytest.mark.parametrize("options, shown", [
+    (dict(heldout=True, episodes=5), "episodes=5"),
+    (dict(heldout=True, parts=["sweep"]), "parts=['sweep']"),
+    (dict(parts=["tables"]), "'tables'"),
+    (dict(threshold=-1.0), "-1"),
+    (dict(sparsity=1.0), "1.0"),
+    (dict(workers=0), "workers"),
+    (dict(engine="ray"), "'ray'"),
+])
+def test_reproduce_game_refuses_bad_options_before_anything_plays(tmp_path, monkeypatch, options, shown):
+    import deltalearn.study.reproduce as R
+
+    monkeypatch.setattr(R, "evaluate", lambda *a, **k: pytest.fail("played before the check"))
+    with pytest.raises(ValueError, match=re.escape(shown)):
+        dl.study.reproduce_game("CartPole-v1", tmp_path, **{"sparsity": 0.5, "threshold": 0.01, **options})
+    assert list(tmp_path.iterdir()) == []

@@ -36,7 +36,7 @@ def resolve_engine(workers: int = 1, engine: str | None = None, scheduler: Any =
         raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "dask" and scheduler is None:
         raise ValueError("engine 'dask' needs a scheduler: the address of a running Dask scheduler "
-                         "(e.g. tcp://10.0.0.5:8786) or a distributed.Client")
+                         "(e.g. tcp://scheduler-host:8786) or a distributed.Client")
     if engine != "dask" and scheduler is not None:
         raise ValueError(f"a scheduler is only used by engine 'dask', not {engine!r}")
     return engine
