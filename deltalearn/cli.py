@@ -235,14 +235,8 @@ def cmd_agents(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_train(sub: Any) -> None:
     from .rl.envs import ENV_NAMES
-    from .core.nets import MODELS
-    from .study.workers import ENGINES
-
-    p = argparse.ArgumentParser(prog="deltalearn", description="Pruning + delta networks for DQN agents: "
-                                "train agents, evaluate them with fewer multiplications, count multiplications.")
-    sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a Double DQN agent (resumes from RUN_DIR)",
                        description="Train a Double DQN agent. Checkpoints go to --run-dir; running the same "
@@ -264,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
+
+def _add_distill(sub: Any) -> None:
+    from .rl.envs import ENV_NAMES
+
     d = sub.add_parser("distill", help="prune a shipped agent gradually, recovering it by distillation",
                        description="Prune a shipped agent stage by stage (per-layer magnitude pruning) and after "
                        "each stage distill the dense agent's action preferences into it on the states it visits. "
@@ -282,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--export", metavar="DIR", default=None, help="write the kept stages as shipped agents into DIR")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=cmd_distill)
+
+
+def _add_evaluate(sub: Any) -> None:
+    from .rl.envs import ENV_NAMES
 
     e = sub.add_parser("evaluate", help="play seeded episodes and count multiplications",
                        description="Play N seeded episodes with a shipped agent (or --checkpoint) as dense, "
@@ -307,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads (default 0: torch's default); 1 is faster beside a training run")
     e.set_defaults(func=cmd_evaluate)
 
+
+def _add_count(sub: Any) -> None:
+    from .core.nets import MODELS
+
     c = sub.add_parser("count", help="multiplications per decision of a network",
                        description="Dense multiplications per layer for one decision; with --sparsity, the "
                        "significant ones left after magnitude pruning (random weights, every input non-zero).")
@@ -318,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_count)
+
+
+def _add_reproduce(sub: Any) -> None:
+    from .rl.envs import ENV_NAMES
+    from .study.workers import ENGINES
+
     r = sub.add_parser("reproduce", help="write the paper's tables and sweeps for shipped agents",
                        description="For each game: the four variants (dense, pruned, delta, pruned+delta) on "
                        "paired seeded episodes, and a sparsity x threshold sweep, written as JSON/CSV.")
@@ -360,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a running Dask scheduler, e.g. tcp://scheduler-host:8786 (needs pip install "
                    "'deltalearn[cluster]'); --out must be a folder its workers share")
     r.set_defaults(func=cmd_reproduce)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deltalearn", description="Pruning + delta networks for DQN agents: "
+                                "train agents, evaluate them with fewer multiplications, count multiplications.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_distill, _add_evaluate, _add_count, _add_reproduce):
+        add(sub)
 
     g = sub.add_parser("agents", help="list the shipped agents with their scores and sparsity",
                        description="One row per shipped agent: name, game, actions (network outputs), mean score "
