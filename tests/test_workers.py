@@ -61,6 +61,7 @@ def test_map_tasks_keeps_task_order_and_checks_its_options():
     assert map_tasks(abs, [-3, 1, -2]) == [3, 1, 2]
     assert map_tasks(pow, [1, 2, 3], shared=2) == [2, 4, 8]  # fn(shared, task)
     for bad, shown in [(dict(workers=0), "0"), (dict(engine="ray"), "'ray'"), (dict(engine="dask"), "scheduler"),
+                       (dict(workers=2, engine="serial"), "workers=2"),
                        (dict(workers=2, engine="processes", scheduler="tcp://x:1"), "'processes'")]:
         with pytest.raises(ValueError, match=shown):
             map_tasks(abs, [1], **bad)

@@ -3,8 +3,12 @@
 ``reproduce_table`` evaluates the four variants of one agent (dense, pruned, delta,
 pruned+delta) on the same seeded episodes: a paired comparison of scores, with the
 multiplications of every decision counted per layer. ``reproduce_sweep`` maps reduction
-factor against score over a grid of sparsities and thresholds. The chapters render the
-written files, so the book builds in seconds; ``deltalearn reproduce`` rewrites them.
+factor against score over a grid of sparsities and thresholds. ``reproduce_game`` does both
+for one game from its shipped agents (the paper's setting or ours, :func:`agent_at`'s agent at
+each sparsity) and writes them; ``reproduce_games`` does several and writes their summary. The
+games and a sweep's cells are independent tasks that can run in local processes or on a Dask
+cluster (:mod:`.workers`). The chapters render the written files, so the book builds in seconds;
+``deltalearn reproduce`` (one call of ``reproduce_games``) rewrites them.
 """
 from __future__ import annotations
 

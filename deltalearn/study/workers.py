@@ -37,6 +37,8 @@ def resolve_engine(workers: int = 1, engine: str | None = None, scheduler: Any =
     if engine == "dask" and scheduler is None:
         raise ValueError("engine 'dask' needs a scheduler: the address of a running Dask scheduler "
                          "(e.g. tcp://scheduler-host:8786) or a distributed.Client")
+    if engine == "serial" and workers > 1:
+        raise ValueError(f"engine 'serial' runs one task at a time: workers={workers} needs engine 'processes'")
     if engine != "dask" and scheduler is not None:
         raise ValueError(f"a scheduler is only used by engine 'dask', not {engine!r}")
     return engine
