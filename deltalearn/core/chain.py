@@ -71,44 +71,60 @@ class Chain:
     def __init__(self, net: nn.Module, graph: fx.Graph, modules: dict[str, nn.Module],
                  flattens: set[fx.Node]) -> None:
         self.net_type = type(net).__name__
-        self._nodes = list(graph.nodes)
-        self._modules = modules
-        self._flattens = flattens
-        self._weight_index: dict[fx.Node, int] = {}
-        for n in self._nodes:
-            if n.op == "call_module" and isinstance(modules[n.target], WEIGHT_MODULES):
-                self._weight_index[n] = len(self._weight_index)
-        self.weights: list[nn.Module] = [modules[n.target] for n in self._weight_index]
+        nodes = list(graph.nodes)
+        if nodes[0].op != "placeholder" or nodes[-1].op != "output":
+            raise AssertionError("a chain's graph starts with its input and ends with its output")
+        slot = {n: i for i, n in enumerate(nodes)}
+        self._out = slot[nodes[-1].args[0]]
+        self._slots = len(nodes)
+        self.weights: list[nn.Module] = []
+        # one entry per operation, its inputs resolved to slots once: replaying the chain is on
+        # the hot path of every decision, and fx's generic argument mapping costs more than a layer
+        self._program: list[tuple] = []
+        for i, n in enumerate(nodes[1:-1], start=1):
+            k = None
+            if n.op == "call_module":
+                fn = modules[n.target]
+                if isinstance(fn, WEIGHT_MODULES):
+                    k = len(self.weights)
+                    self.weights.append(fn)
+            elif n.op == "call_function":
+                fn = n.target
+            else:
+                fn = _method_caller(n.target)
+            refs = [(pos, slot[a]) for pos, a in enumerate(n.args) if isinstance(a, fx.Node)]
+            kwrefs = [(key, slot[a]) for key, a in n.kwargs.items() if isinstance(a, fx.Node)]
+            nested = len(refs) + len(kwrefs) != len(n.all_input_nodes)  # nodes inside a tuple or list
+            self._program.append((i, fn, n, refs, kwrefs, nested, k, n in flattens, slot))
         self.names = _short_names(self.weights)
 
     def run(self, x: torch.Tensor, on_weight: WeightCall | None = None) -> torch.Tensor:
         """The network's output for ``x``; at weight layer ``k``, ``on_weight(k, layer, input)``
         gives the layer's output instead of ``layer(input)`` when a callback is given."""
-        env: dict[fx.Node, Any] = {}
-        for node in self._nodes:
-            if node.op == "placeholder":
-                env[node] = x
-                continue
-            args = fx.node.map_arg(node.args, env.__getitem__)
-            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
-            if node.op == "output":
-                return args[0]
-            if node.op == "call_module":
-                m = self._modules[node.target]
-                k = self._weight_index.get(node)
-                if k is None:
-                    out = m(*args, **kwargs)
-                else:
-                    _check_rank(m, args[0], node)
-                    out = m(args[0]) if on_weight is None else on_weight(k, m, args[0])
-            elif node.op == "call_function":
-                out = node.target(*args, **kwargs)
+        vals: list[Any] = [None] * self._slots
+        vals[0] = x
+        for i, fn, node, refs, kwrefs, nested, k, flat, slot in self._program:
+            if nested:
+                args = fx.node.map_arg(node.args, lambda a: vals[slot[a]])
+                kwargs = fx.node.map_arg(node.kwargs, lambda a: vals[slot[a]])
             else:
-                out = getattr(args[0], node.target)(*args[1:], **kwargs)
-            if node in self._flattens:
+                args = list(node.args)
+                for pos, j in refs:
+                    args[pos] = vals[j]
+                kwargs = node.kwargs
+                if kwrefs:
+                    kwargs = dict(kwargs)
+                    for key, j in kwrefs:
+                        kwargs[key] = vals[j]
+            if k is None:
+                out = fn(*args, **kwargs)
+            else:
+                _check_rank(fn, args[0], node)
+                out = fn(args[0]) if on_weight is None else on_weight(k, fn, args[0])
+            if flat:
                 _check_flatten(args[0], out, node, self.net_type)
-            env[node] = out
-        raise AssertionError("a traced graph always ends in an output node")
+            vals[i] = out
+        return vals[self._out]
 
     def input_shapes(self, example: torch.Tensor) -> list[tuple[int, ...]]:
         """Per weight layer, the shape (without batch) of its input when the net runs ``example``."""
@@ -121,6 +137,12 @@ class Chain:
         with torch.no_grad():
             self.run(example, record)
         return shapes
+
+
+def _method_caller(name: str) -> Callable[..., Any]:
+    def call(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(obj, name)(*args, **kwargs)
+    return call
 
 
 def _short_names(layers: list[nn.Module]) -> list[str]:
