@@ -2,7 +2,9 @@
 
 Built on ``torch.nn.utils.prune``: a pruned layer keeps ``weight_orig`` and a 0/1
 ``weight_mask`` and recomputes ``weight = weight_orig * mask`` before every forward, so
-pruned weights stay exactly zero while the network is fine-tuned.
+pruned weights stay exactly zero while the network is fine-tuned. The layers pruned are the
+Conv2d / Linear layers of the network's forward (:func:`~deltalearn.core.counting.weight_layers`),
+so any network that can be counted can be pruned.
 """
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ def is_pruned(net: nn.Module) -> bool:
 def prune_network(net: nn.Module, sparsity: float, scope: str = "layer",
                   include_last: bool = True) -> nn.Module:
     """Remove the ``sparsity`` fraction of smallest-magnitude weights, in place; returns ``net``.
+
+    ``net`` is our QNetwork or any module whose forward is a supported chain; anything else is
+    refused (:class:`~deltalearn.core.chain.UnsupportedNetwork`) before a weight is touched.
 
     ``scope="layer"`` prunes every layer to the same fraction (L1 per layer); ``"global"``
     ranks all weights together, which tends to spare small early layers. Pruning an already
