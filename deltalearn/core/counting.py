@@ -294,10 +294,10 @@ committed counts were 1e-7 to 3e-5 of a layer's count as a rule (Breakout-pruned
 fc1 58,254,410 with oneDNN off, 58,254,487 on, 58,254,547 committed), and at most 3.2e-4 for a
 layer of a million products or more (Robotank fc1 at threshold 0.03: 1,582 of 4,955,214).
 CartPole's counts never moved. The smallest real change, between two neighbouring committed cells
-(the next threshold, first-layer threshold or sparsity), moves its most changed layer by 9.0e-3
+(the next threshold, first-layer threshold or sparsity), moves its most changed layer by 9.4e-3
 (CartPole: no delta network against threshold 0), and by 2.8e-2 in the Atari sweeps (Robotank:
 first-layer threshold 0.01 against 0.001). With :data:`COUNT_FLOOR`, every measured deviation is
-at least 7.6 times inside the tolerance, and every neighbouring pair differs by at least 4.5 times
+at least 7.6 times inside the tolerance, and every neighbouring pair differs by at least 4.7 times
 it (Atari: 14 times).
 """
 
