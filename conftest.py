@@ -9,7 +9,7 @@ before any notebook kernel starts (kernels are child processes, they inherit the
 and ``import deltalearn`` honours the variable) and switches oneDNN off in this process too.
 ``--onednn=on`` forces torch's default; without the option ``DELTALEARN_ONEDNN`` is left as it
 is. Counts that pass through float sums move by float round-off between the two; the checks
-allow for it (``dl.COUNT_RTOL``).
+allow for it (``dl.core.COUNT_RTOL``).
 """
 from __future__ import annotations
 

@@ -36,16 +36,11 @@ def _onednn_switch(value: str | None) -> None:
 _onednn_switch(_os.environ.get("DELTALEARN_ONEDNN"))
 
 from . import core, rl, store, study
-from .core import (DeltaNetwork, MultiplicationReport, QNetwork, count_dense, count_weights, counts_close,
-                   layer_names, make_permanent, mlp_qnet, nature_dqn, prune_network, sparsity_report, weight_layers)
-from .rl import DQNConfig, ReplayBuffer, evaluate, make_env, replay, train
+from .core import (DeltaNetwork, MultiplicationReport, QNetwork, Variant, count_dense, count_significant,
+                   count_weights, counts_close, layer_names, make_permanent, mlp_qnet, nature_dqn, prune_network,
+                   sparsity_report, weight_layers)
+from .rl import DQNConfig, ReplayBuffer, double_dqn_update, evaluate, make_env, replay, train
 from .store import agent_names, agent_record, load_agent, load_trajectory
-
-# TRANSITION (issue 16): the old flat names, kept until the chapters and tests use the new ones
-from .core import *  # noqa: F401,F403,E402
-from .rl import *  # noqa: F401,F403,E402
-from .store import *  # noqa: F401,F403,E402
-from .study import *  # noqa: F401,F403,E402
-from .rl.evaluation import replay  # noqa: E402  (the function, not a module)
+from .study import agent_at, load_sweep, load_table, paired_difference, reproduce_game
 
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ def small_conv_net(n_actions: int = 3, input_scale: float = 0.5) -> dl.QNetwork:
         nn.Linear(6 * 5 * 5, 16), nn.ReLU(),
         nn.Linear(16, n_actions),
     )
-    return dl.QNetwork(dl.NetworkSpec("small-conv", n_actions), body, (2, 10, 10), input_scale=input_scale)
+    return dl.QNetwork(dl.core.NetworkSpec("small-conv", n_actions), body, (2, 10, 10), input_scale=input_scale)
 
 
 def brute_conv_pairs(layer: nn.Conv2d, x: torch.Tensor, w: torch.Tensor | None = None) -> list[int]:

@@ -24,8 +24,8 @@ def trajectory():
 def test_shipped_agent_matches_its_manifest(cartpole):
     assert "CartPole-v1" in dl.agent_names()
     rec = dl.agent_record("CartPole-v1")
-    assert dl.store.agents.sha256(dl.AGENT_DIR / rec["file"]) == rec["sha256"]
-    assert dl.NetworkSpec.from_dict(rec["spec"]) == cartpole.spec
+    assert dl.store.agents.sha256(dl.store.AGENT_DIR / rec["file"]) == rec["sha256"]
+    assert dl.core.NetworkSpec.from_dict(rec["spec"]) == cartpole.spec
     assert cartpole.spec.model == "mlp" and cartpole.n_actions == 2 and cartpole.input_shape == (4,)
 
 
@@ -63,11 +63,11 @@ def test_episode_results_do_not_depend_on_parallel_slots(cartpole):
 def test_dense_evaluation_counts_equal_count_forward_on_the_recorded_observations(cartpole):
     res = dl.evaluate(cartpole, "CartPole-v1", episodes=2, seed=0, max_steps=100, record=True)
     obs = torch.as_tensor(np.concatenate(res.observations))
-    q, counts = dl.count_forward(cartpole, obs)
+    q, counts = dl.core.forward_with_counts(cartpole, obs)
     assert np.array_equal(res.report.per_step, counts.numpy())
     # greedy evaluation (epsilon 0 for CartPole): the actions are the argmax of the Q-values
     assert np.array_equal(np.concatenate(res.actions), q.argmax(1).numpy())
-    dense = dl.dense_counts(cartpole)
+    dense = dl.core.dense_counts(cartpole)
     assert [l.dense for l in res.report.layers] == [d * len(obs) for d in dense]
 
 
@@ -80,7 +80,7 @@ def test_delta_at_threshold_zero_replays_the_dense_actions(cartpole, trajectory)
         q_dense = cartpole(torch.as_tensor(obs)).numpy()
     np.testing.assert_allclose(rr.q_values, q_dense, atol=1e-3, rtol=1e-4)
     # the first step is a dense pass: its counts are count_forward's
-    _, first = dl.count_forward(cartpole, torch.as_tensor(obs[:1]))
+    _, first = dl.core.forward_with_counts(cartpole, torch.as_tensor(obs[:1]))
     assert rr.report.per_step[0].tolist() == first[0].tolist()
     assert rr.report.per_step.shape == (len(obs), 3)
     assert rr.report.total_dense == dl.replay(cartpole, obs).report.total_dense
@@ -89,7 +89,7 @@ def test_delta_at_threshold_zero_replays_the_dense_actions(cartpole, trajectory)
 def test_replay_without_delta_counts_like_count_forward(cartpole, trajectory):
     obs = trajectory["observations"][:100]
     rr = dl.replay(cartpole, obs)
-    _, counts = dl.count_forward(cartpole, torch.as_tensor(obs))
+    _, counts = dl.core.forward_with_counts(cartpole, torch.as_tensor(obs))
     assert np.array_equal(rr.report.per_step, counts.numpy())
     assert rr.agreement == 1.0
 
@@ -122,7 +122,7 @@ def test_every_pruned_agent_has_its_sparsity_and_a_known_teacher():
         if "teacher" not in rec:
             continue
         s = rec["config"]["sparsity"]
-        assert name == dl.pruned_agent_name(rec["env"], s)
+        assert name == dl.store.pruned_agent_name(rec["env"], s)
         rep = dl.sparsity_report(dl.load_agent(name))
         # fp16 storage can only add zeros (weights below fp16's range), never remove one
         assert all(z >= round(s * n) and z <= round(s * n) + n // 1000 for z, n in zip(rep.zeros, rep.sizes)), rep
@@ -133,7 +133,7 @@ def test_stacked_frame_trajectories_are_stored_once_per_frame_and_load_identical
     shipped = dl.load_trajectory("Breakout")
     obs = shipped["observations"][:200]
     traj = {**shipped, "observations": obs}
-    path = dl.save_trajectory(traj, "stacked", tmp_path)
+    path = dl.store.save_trajectory(traj, "stacked", tmp_path)
     with np.load(path) as z:
         assert "observations" not in z.files and z["frames"].shape == (len(obs) + 3, 84, 84)
     back = dl.load_trajectory("stacked", tmp_path)
@@ -141,7 +141,7 @@ def test_stacked_frame_trajectories_are_stored_once_per_frame_and_load_identical
     assert np.array_equal(back["actions"], shipped["actions"])
     # anything that is not one stacked episode is stored as it is
     mixed = obs[[0, 5, 9]]
-    dl.save_trajectory({**traj, "observations": mixed}, "mixed", tmp_path)
+    dl.store.save_trajectory({**traj, "observations": mixed}, "mixed", tmp_path)
     with np.load(tmp_path / "mixed.npz") as z:
         assert "observations" in z.files
     assert np.array_equal(dl.load_trajectory("mixed", tmp_path)["observations"], mixed)
@@ -150,17 +150,17 @@ def test_stacked_frame_trajectories_are_stored_once_per_frame_and_load_identical
 def test_a_recorded_evaluation_lands_in_the_manifest_and_leaves_the_agent_intact(tmp_path):
     import shutil
 
-    shutil.copy(dl.AGENT_DIR / "CartPole-v1.pt", tmp_path)
+    shutil.copy(dl.store.AGENT_DIR / "CartPole-v1.pt", tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"CartPole-v1": dl.agent_record("CartPole-v1")}))
-    held = {"episodes": 30, "seed": dl.HELDOUT_SEED, "scores": [500.0] * 30, "mean_score": 500.0}
-    dl.record_evaluation("CartPole-v1", "heldout_evaluation", held, directory=tmp_path)
+    held = {"episodes": 30, "seed": dl.study.HELDOUT_SEED, "scores": [500.0] * 30, "mean_score": 500.0}
+    dl.store.record_evaluation("CartPole-v1", "heldout_evaluation", held, directory=tmp_path)
     rec = dl.agent_record("CartPole-v1", tmp_path)
     assert rec["heldout_evaluation"] == held and rec["sha256"] == dl.agent_record("CartPole-v1")["sha256"]
     dl.load_agent("CartPole-v1", tmp_path)  # still hash-checked and loadable
     with pytest.raises(ValueError, match="no shipped agent"):
-        dl.record_evaluation("Pong-v9", "heldout_evaluation", held, directory=tmp_path)
+        dl.store.record_evaluation("Pong-v9", "heldout_evaluation", held, directory=tmp_path)
     with pytest.raises(ValueError, match="identity"):
-        dl.record_evaluation("CartPole-v1", "sha256", held, directory=tmp_path)
+        dl.store.record_evaluation("CartPole-v1", "sha256", held, directory=tmp_path)
 
 
 def test_every_dense_agent_has_a_heldout_record_on_the_heldout_seeds():
@@ -169,5 +169,5 @@ def test_every_dense_agent_has_a_heldout_record_on_the_heldout_seeds():
         if "teacher" in rec:  # pruned agents: their tables report them
             continue
         held = rec["heldout_evaluation"]
-        assert (held["seed"], held["episodes"], len(held["scores"])) == (dl.HELDOUT_SEED, dl.HELDOUT_EPISODES, 30)
+        assert (held["seed"], held["episodes"], len(held["scores"])) == (dl.study.HELDOUT_SEED, dl.study.HELDOUT_EPISODES, 30)
         assert held["mean_score"] == pytest.approx(np.mean(held["scores"]))

@@ -55,7 +55,7 @@ def test_evaluate_json_on_cartpole():
     assert d["mean_score"] == pytest.approx(sum(d["scores"]) / 2)
     assert d["steps"] == sum(d["lengths"]) == sum(d["scores"])  # CartPole: +1 per step
     assert d["variant"] == "dense"
-    assert d["total_dense"] == d["steps"] * sum(dl.dense_counts(dl.load_agent("CartPole-v1")))
+    assert d["total_dense"] == d["steps"] * sum(dl.core.dense_counts(dl.load_agent("CartPole-v1")))
     assert 0 < d["total_significant"] <= d["total_dense"]
     assert d["reduction"] == pytest.approx(d["total_dense"] / d["total_significant"])
     # the same command in-process gives the same numbers (seeded)
@@ -126,7 +126,7 @@ def test_train_export_then_prune_while_fine_tuning(tmp_path, capsys):
 
 def test_distill_exports_pruned_stages_whose_records_reproduce(tmp_path, capsys, monkeypatch):
     agents = tmp_path / "agents"
-    shutil.copytree(dl.AGENT_DIR, agents)
+    shutil.copytree(dl.store.AGENT_DIR, agents)
     shipped = dl.agent_names(agents)
     args = ["distill", "--game", "CartPole-v1", "--stages", "0.5", "0.8", "--keep", "0.8", "--eval-episodes", "2",
             "--run-dir", str(tmp_path / "run"), "--export", str(agents), "--no-progress",
@@ -135,7 +135,7 @@ def test_distill_exports_pruned_stages_whose_records_reproduce(tmp_path, capsys,
     assert cli.main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert [p["sparsity"] for p in out["pruned"]] == [0.8]
-    name = dl.pruned_agent_name("CartPole-v1", 0.8)
+    name = dl.store.pruned_agent_name("CartPole-v1", 0.8)
     rec = dl.agent_record(name, agents)
     net = dl.load_agent(name, agents)
     assert dl.sparsity_report(net).zeros == [round(0.8 * n) for n in dl.sparsity_report(net).sizes]
@@ -158,7 +158,7 @@ def test_evaluate_refuses_an_agent_of_another_game(capsys):
 
 def test_reproduce_end_to_end_with_a_distilled_agent(tmp_path, monkeypatch, capsys):
     agents, traj, out = tmp_path / "agents", tmp_path / "traj", tmp_path / "out"
-    shutil.copytree(dl.AGENT_DIR, agents)
+    shutil.copytree(dl.store.AGENT_DIR, agents)
     monkeypatch.setattr(dl.store.agents, "AGENT_DIR", agents)
     assert cli.main(["distill", "--game", "CartPole-v1", "--stages", "0.5", "--eval-episodes", "1", "--no-progress",
                      "--run-dir", str(tmp_path / "run"), "--export", str(agents),
@@ -207,7 +207,7 @@ def test_sigterm_checkpoints_a_training_run_and_says_how_to_resume(tmp_path):
     assert p.returncode == 130, err
     assert "the same command resumes" in err and "Traceback" not in err
     assert json.loads((run / "history.json").read_text())["step"] >= 1000
-    assert dl.load_checkpoint(run / "checkpoint.pt")["step"] >= 1000
+    assert dl.store.load_checkpoint(run / "checkpoint.pt")["step"] >= 1000
 
 
 # --- bad input that used to get through ------------------------------------------------
@@ -215,7 +215,7 @@ def test_sigterm_checkpoints_a_training_run_and_says_how_to_resume(tmp_path):
 @pytest.mark.parametrize("game, checkpoint, n, want", [("Breakout", "SpaceInvaders.pt", 6, 4),
                                                        ("SpaceInvaders", "Breakout.pt", 4, 6)])
 def test_evaluate_a_network_for_another_game_is_one_line_and_no_play(game, checkpoint, n, want):
-    path = str(dl.AGENT_DIR / checkpoint)
+    path = str(dl.store.AGENT_DIR / checkpoint)
     p = deltalearn("evaluate", "--game", game, "--checkpoint", path, "--episodes", "1", "--no-progress")
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().count("\n") == 0, p.stderr  # one line: no traceback, no emulator banner
@@ -234,10 +234,10 @@ def no_play(monkeypatch):
 
 
 @pytest.mark.parametrize("argv", [
-    ["evaluate", "--game", "Breakout", "--agent", str(dl.AGENT_DIR / "SpaceInvaders.pt")],
-    ["distill", "--game", "Breakout", "--agent", str(dl.AGENT_DIR / "SpaceInvaders.pt")],
-    ["train", "--env", "Breakout", "--init", str(dl.AGENT_DIR / "SpaceInvaders.pt")],
-    ["reproduce", "--game", "Breakout", "--pruned-checkpoint", str(dl.AGENT_DIR / "SpaceInvaders-pruned-0.74.pt")],
+    ["evaluate", "--game", "Breakout", "--agent", str(dl.store.AGENT_DIR / "SpaceInvaders.pt")],
+    ["distill", "--game", "Breakout", "--agent", str(dl.store.AGENT_DIR / "SpaceInvaders.pt")],
+    ["train", "--env", "Breakout", "--init", str(dl.store.AGENT_DIR / "SpaceInvaders.pt")],
+    ["reproduce", "--game", "Breakout", "--pruned-checkpoint", str(dl.store.AGENT_DIR / "SpaceInvaders-pruned-0.74.pt")],
 ])
 def test_every_command_refuses_a_network_for_another_game(no_play, capsys, tmp_path, argv):
     code = cli.main([*argv, *(["--out", str(tmp_path)] if argv[0] == "reproduce" else []),
@@ -255,7 +255,7 @@ def test_agent_of_another_game_by_name(capsys):
 
 
 def test_agent_by_path_plays_like_the_shipped_name(capsys):
-    path = str(dl.AGENT_DIR / "CartPole-v1.pt")
+    path = str(dl.store.AGENT_DIR / "CartPole-v1.pt")
     runs = {}
     for agent in ("CartPole-v1", path):
         assert cli.main(["evaluate", "--game", "CartPole-v1", "--agent", agent, "--episodes", "2", "--json",
@@ -289,7 +289,7 @@ def test_agents_lists_every_shipped_agent():
 
 
 def test_agents_shows_a_heldout_column_once_a_record_has_one(tmp_path, monkeypatch, capsys):
-    man = json.loads((dl.AGENT_DIR / "manifest.json").read_text())
+    man = json.loads((dl.store.AGENT_DIR / "manifest.json").read_text())
     man["Breakout"]["heldout_evaluation"] = {"episodes": 30, "seed": 1000, "mean_score": 37.25}
     man["Pong"].pop("heldout_evaluation", None)  # a record without one shows "-"
     (tmp_path / "manifest.json").write_text(json.dumps(man))

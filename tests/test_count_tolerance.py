@@ -62,7 +62,7 @@ def test_replay_with_onednn_on_or_off_is_close_to_the_committed_sweep(breakout, 
     # dense counts are arithmetic
     assert got[0] == want[0]
     assert report.steps == 916
-    assert [l.dense for l in report.layers] == [d * 916 for d in dl.dense_counts(dl.nature_dqn(4))]
+    assert [l.dense for l in report.layers] == [d * 916 for d in dl.core.dense_counts(dl.nature_dqn(4))]
 
 
 def test_onednn_on_and_off_are_close_to_each_other(breakout):
@@ -88,11 +88,11 @@ def test_one_layer_doubled_or_halved_is_not_close(breakout, layer, factor):
 
 
 def test_no_two_committed_sweep_cells_are_close_even_with_a_wider_tolerance():
-    for game in dl.SIX_GAMES:
+    for game in dl.study.SIX_GAMES:
         rows = sweep(game)
         for a, b in itertools.combinations(rows, 2):
             x, y = ([r[f"significant_{n}"] for n in LAYERS] for r in (a, b))
-            assert not dl.counts_close(x, y, rtol=MARGIN * dl.COUNT_RTOL, floor=MARGIN * dl.COUNT_FLOOR), \
+            assert not dl.counts_close(x, y, rtol=MARGIN * dl.core.COUNT_RTOL, floor=MARGIN * dl.core.COUNT_FLOOR), \
                 (game, a["sparsity"], a["threshold"], b["sparsity"], b["threshold"])
 
 
@@ -107,7 +107,7 @@ def test_no_two_grid_cells_are_close():
         x, y = ([int(r[n]) for n in ("fc1", "fc2", "fc3")] for r in (a, b))
         same_setting = (a["sparsity"], a["threshold"]) == (b["sparsity"], b["threshold"])
         wider = 1 if same_setting else MARGIN
-        assert not dl.counts_close(x, y, rtol=wider * dl.COUNT_RTOL, floor=wider * dl.COUNT_FLOOR), (a, b)
+        assert not dl.counts_close(x, y, rtol=wider * dl.core.COUNT_RTOL, floor=wider * dl.core.COUNT_FLOOR), (a, b)
 
 
 def test_the_committed_measurement_passes_with_a_margin_and_exact_layers_never_moved():
@@ -131,7 +131,7 @@ def test_the_committed_measurement_passes_with_a_margin_and_exact_layers_never_m
                            and r["threshold"] == row["threshold"] and r.get("kind", row["kind"]) == row["kind"])
                 names = [k for k in ref if k.startswith("significant_") and k != "significant_per_decision"]
                 got, want = [row[k] for k in names], [ref[k] for k in names]
-                assert dl.counts_close(got, want, rtol=dl.COUNT_RTOL / MARGIN, floor=dl.COUNT_FLOOR / MARGIN), \
+                assert dl.counts_close(got, want, rtol=dl.core.COUNT_RTOL / MARGIN, floor=dl.core.COUNT_FLOOR / MARGIN), \
                     (config, game, row["sparsity"], row["threshold"], got, want)
                 assert got[0] == want[0], (config, game, "the first layer is exact")
                 n += 1

@@ -32,7 +32,7 @@ def test_distillation_recovers_what_one_shot_pruning_loses():
     for s, net in snaps.items():
         rep = dl.sparsity_report(net)
         assert rep.zeros == [round(s * n) for n in rep.sizes]
-    one_shot = dl.make_permanent(dl.prune_network(dl.plain_copy(teacher), 0.8))
+    one_shot = dl.make_permanent(dl.prune_network(dl.core.plain_copy(teacher), 0.8))
     # on the teacher's own recorded episode, unseen by the distillation
     assert agreement(snaps[0.8], teacher, obs) > agreement(one_shot, teacher, obs) + 0.1
 
@@ -46,22 +46,22 @@ def test_a_killed_distillation_resumes_after_its_last_stage(tmp_path):
 
     with pytest.raises(Killed):
         prune_and_distill(teacher, "CartPole-v1", cfg, run_dir=tmp_path, progress=False, callback=kill)
-    first = dl.load_checkpoint(tmp_path / "distill.pt")
+    first = dl.store.load_checkpoint(tmp_path / "distill.pt")
     assert first["done"] == [0.5]
     seen = []
     snaps, hist = prune_and_distill(teacher, "CartPole-v1", cfg, run_dir=tmp_path, progress=False,
                                     callback=lambda s, r: seen.append(s))
     assert seen == [0.8] and len(hist) == 2
-    w = dl.build_network(teacher.spec)
+    w = dl.core.build_network(teacher.spec)
     w.load_state_dict(first["snapshots"][0])
     for a, b in zip(w.parameters(), snaps[0.5].parameters()):
         assert torch.equal(a, b)
-    with pytest.raises(dl.CheckpointError, match="another distillation"):
+    with pytest.raises(dl.store.CheckpointError, match="another distillation"):
         prune_and_distill(teacher, "CartPole-v1", small(updates=21), run_dir=tmp_path, progress=False)
-    other = dl.plain_copy(teacher)  # a retrained teacher must not inherit the old one's stages
+    other = dl.core.plain_copy(teacher)  # a retrained teacher must not inherit the old one's stages
     with torch.no_grad():
         next(other.parameters())[0, 0] += 1e-3
-    with pytest.raises(dl.CheckpointError, match="another teacher"):
+    with pytest.raises(dl.store.CheckpointError, match="another teacher"):
         prune_and_distill(other, "CartPole-v1", cfg, run_dir=tmp_path, progress=False)
 
 

@@ -35,7 +35,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
 
     with pytest.raises(Killed):
         dl.train(cfg, run, progress=False, callback=kill_midway)
-    saved = dl.load_checkpoint(run / "checkpoint.pt")
+    saved = dl.store.load_checkpoint(run / "checkpoint.pt")
     assert saved["step"] == 2000  # steps 2001..2500 were never saved
     assert (run / "replay.npz").exists()
     saved_hist = saved["history"]
@@ -55,14 +55,14 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
         assert res.history[key][:n] == saved_hist[key], key
     assert res.history["eval_step"] == [1000, 2000, 3000]
     assert all(s > 2000 for s in res.history["episode_step"][len(saved_hist["episode_step"]):])
-    final = dl.load_checkpoint(run / "checkpoint.pt")
+    final = dl.store.load_checkpoint(run / "checkpoint.pt")
     assert final["step"] == 3000 == cfg.total_steps
     assert final["updates"] > saved["updates"]
     hist_json = json.loads((run / "history.json").read_text())
     assert hist_json["step"] == 3000
     assert (run / "best.pt").exists()
     # the final network in the checkpoint is the returned one
-    net = dl.load_network_file(run / "checkpoint.pt")
+    net = dl.store.load_network_file(run / "checkpoint.pt")
     x = torch.randn(5, 4)
     with torch.no_grad():
         torch.testing.assert_close(net(x), res.net(x))
@@ -76,8 +76,8 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
 def test_resume_refuses_a_run_dir_of_another_run(tmp_path):
     run = tmp_path / "run"
     dl.train(tiny_config(total_steps=600, checkpoint_every=300, eval_every=0), run, progress=False)
-    assert dl.load_checkpoint(run / "checkpoint.pt")["step"] == 600
-    with pytest.raises(dl.CheckpointError, match="seed"):
+    assert dl.store.load_checkpoint(run / "checkpoint.pt")["step"] == 600
+    with pytest.raises(dl.store.CheckpointError, match="seed"):
         dl.train(tiny_config(total_steps=900, seed=4, eval_every=0), run, progress=False)
 
 
@@ -92,11 +92,11 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        dl.atomic_write(path, half_then_crash)
+        dl.store.atomic_write(path, half_then_crash)
     assert path.read_bytes() == b"old contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.bin"]  # no temporary file left
 
-    dl.atomic_write(path, lambda tmp: Path(tmp).write_bytes(b"new contents"))
+    dl.store.atomic_write(path, lambda tmp: Path(tmp).write_bytes(b"new contents"))
     assert path.read_bytes() == b"new contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.bin"]
 
@@ -104,7 +104,7 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
 def test_save_checkpoint_keeps_old_checkpoint_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     net = dl.mlp_qnet(4, 2, hidden=(8,))
-    dl.save_checkpoint(path, {"spec": net.spec.to_dict(), "model": net.state_dict(), "step": 1})
+    dl.store.save_checkpoint(path, {"spec": net.spec.to_dict(), "model": net.state_dict(), "step": 1})
     before = path.read_bytes()
 
     real_save = torch.save
@@ -117,10 +117,10 @@ def test_save_checkpoint_keeps_old_checkpoint_when_interrupted(tmp_path, monkeyp
 
     monkeypatch.setattr(torch, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        dl.save_checkpoint(path, {"spec": net.spec.to_dict(), "model": net.state_dict(), "step": 2})
+        dl.store.save_checkpoint(path, {"spec": net.spec.to_dict(), "model": net.state_dict(), "step": 2})
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert dl.load_checkpoint(path)["step"] == 1
+    assert dl.store.load_checkpoint(path)["step"] == 1
 
 
 def test_warm_restart_from_compact_resume_file(tmp_path):
@@ -172,10 +172,10 @@ def test_old_resume_file_without_best_forgets_its_best_score(tmp_path):
     data = torch.load(tmp_path / "resume.pt", weights_only=True)
     del data["best"]
     data["best_score"] = 1e9  # a score no network of this run could beat
-    dl.save_checkpoint(tmp_path / "resume.pt", data)
+    dl.store.save_checkpoint(tmp_path / "resume.pt", data)
     res = dl.train(dl.DQNConfig.from_dict({**cfg.to_dict(), "total_steps": 3000}), tmp_path, progress=False)
     assert res.history["eval_step"][-1] == 3000
-    assert dl.load_checkpoint(tmp_path / "best.pt")["score"] == res.history["eval_mean"][-1]
+    assert dl.store.load_checkpoint(tmp_path / "best.pt")["score"] == res.history["eval_mean"][-1]
 
 
 def test_background_run_logs_one_status_line_per_checkpoint(tmp_path, capsys):
@@ -203,7 +203,7 @@ def test_pruning_schedule_survives_a_kill_and_best_is_only_a_fully_pruned_net(tm
     for net in (res.best_net, res.net):
         rep = dl.sparsity_report(net)
         assert rep.zeros == [round(0.6 * n) for n in rep.sizes], rep  # torch prune's exact count
-    assert dl.load_checkpoint(run / "best.pt")["step"] == 2000
+    assert dl.store.load_checkpoint(run / "best.pt")["step"] == 2000
 
 
 def test_starting_a_run_removes_stale_temporary_files_and_nothing_else(tmp_path, capsys):
@@ -247,7 +247,7 @@ def test_resume_reads_whole_buffer_replay_files_and_survives_unreadable_ones(tmp
     cfg = tiny_config(total_steps=600, checkpoint_every=600, eval_every=0, learning_starts=100)
     first = tmp_path / "new"
     dl.train(cfg, first, progress=False)
-    saved = dl.load_checkpoint(first / "checkpoint.pt")
+    saved = dl.store.load_checkpoint(first / "checkpoint.pt")
     full = cfg.buffer_size * (4 * 4 + 16)  # a CartPole slot: 4 float32s and 16 bytes of action, reward, flags
     assert (first / "replay.npz").stat().st_size < full / 4  # 600 of 5000 slots filled
 
@@ -265,7 +265,7 @@ def test_resume_reads_whole_buffer_replay_files_and_survives_unreadable_ones(tmp
 
     longer = tiny_config(total_steps=900, checkpoint_every=600, eval_every=0, learning_starts=100)
     res = {name: dl.train(longer, tmp_path / name, progress=False) for name in ("new", "old", "cut")}
-    updates = {name: dl.load_checkpoint(tmp_path / name / "checkpoint.pt")["updates"] - saved["updates"]
+    updates = {name: dl.store.load_checkpoint(tmp_path / name / "checkpoint.pt")["updates"] - saved["updates"]
                for name in res}
     assert updates == {"new": 75, "old": 75, "cut": 50}  # cut: no updates before 700 (refilling)
     for k, v in res["new"].net.state_dict().items():
@@ -300,20 +300,20 @@ def test_every_committed_dqn_config_and_run_file_still_loads(tmp_path):
     for run in runs:
         cfg = dl.DQNConfig.from_dict(json.loads((run / "history.json").read_text())["config"])
         data = torch.load(run / "resume.pt", weights_only=True)
-        spec = dl.NetworkSpec.from_dict(data["spec"])
+        spec = dl.core.NetworkSpec.from_dict(data["spec"])
         copy = tmp_path / run.name  # opening a run dir tidies it: leave the repository's alone
         copy.mkdir()
         shutil.copy(run / "resume.pt", copy)
         assert RunFiles(copy, cfg, spec, torch.device("cpu")).read("resume.pt")["step"] == data["step"], run
         other = dl.DQNConfig.from_dict({**cfg.to_dict(), "seed": cfg.seed + 1})
-        with pytest.raises(dl.CheckpointError, match="seed"):
+        with pytest.raises(dl.store.CheckpointError, match="seed"):
             RunFiles(copy, other, spec, torch.device("cpu")).read("resume.pt")
 
 
 def test_warm_restart_refuses_a_resume_file_of_another_seed(tmp_path):
     dl.train(tiny_config(total_steps=300, checkpoint_every=300, eval_every=0), tmp_path, progress=False)
     (tmp_path / "checkpoint.pt").unlink()
-    with pytest.raises(dl.CheckpointError, match="seed 3, not CartPole-v1 seed 4"):
+    with pytest.raises(dl.store.CheckpointError, match="seed 3, not CartPole-v1 seed 4"):
         dl.train(tiny_config(total_steps=600, seed=4, eval_every=0), tmp_path, progress=False)
 
 

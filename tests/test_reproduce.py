@@ -43,7 +43,7 @@ def test_sweep_rows_and_csv(tmp_path):
 
 def test_table_with_a_fine_tuned_pruned_net_adds_the_one_shot_row():
     net = dl.load_agent("CartPole-v1")
-    tuned = dl.plain_copy(net)  # stands for a fine-tuned net: other weights, so another mask
+    tuned = dl.core.plain_copy(net)  # stands for a fine-tuned net: other weights, so another mask
     torch.manual_seed(0)
     with torch.no_grad():
         for p in tuned.parameters():
@@ -63,7 +63,7 @@ def test_table_with_a_fine_tuned_pruned_net_adds_the_one_shot_row():
 def test_sweep_uses_fine_tuned_nets_where_given_and_counts_per_layer():
     net = dl.load_agent("CartPole-v1")
     obs = dl.load_trajectory("CartPole-v1")["observations"][:60]
-    tuned = dl.prune_network(dl.plain_copy(net), 0.5)
+    tuned = dl.prune_network(dl.core.plain_copy(net), 0.5)
     with torch.no_grad():
         tuned.body[0].bias.add_(0.3)  # differs from one-shot pruning of `net`
     rows = reproduce_sweep(net, "CartPole-v1", obs, [0.5], [None, 0.01], progress=False, pruned_nets={0.5: tuned})
@@ -88,24 +88,24 @@ def test_sweep_takes_per_layer_thresholds_and_writes_them_as_one_csv_cell(tmp_pa
 
 
 def test_a_run_without_progress_bar_reports_one_line_per_variant(capsys):
-    dl.reproduce_table(dl.load_agent("CartPole-v1"), "CartPole-v1", 0.5, 0.01, episodes=1, progress=False)
+    dl.study.reproduce_table(dl.load_agent("CartPole-v1"), "CartPole-v1", 0.5, 0.01, episodes=1, progress=False)
     lines = capsys.readouterr().err.strip().splitlines()
     assert [l.split(" | ")[1] for l in lines] == [f"CartPole-v1 {v}" for v in ("dense", "pruned", "delta", "pruned+delta")]
 
 
 def test_table_settings_are_the_papers_where_it_names_one_and_refused_elsewhere():
-    assert dl.table_setting("Breakout") == (0.79, 0.001) and dl.table_setting("SpaceInvaders") == (0.74, 0.001)
-    for g, setting in dl.OUR_SETTINGS.items():
-        assert g in dl.FIGURE_GAMES and dl.table_setting(g) == setting
-    assert set(dl.SIX_GAMES) == {*dl.PAPER_SETTINGS, *dl.FIGURE_GAMES}
+    assert dl.study.table_setting("Breakout") == (0.79, 0.001) and dl.study.table_setting("SpaceInvaders") == (0.74, 0.001)
+    for g, setting in dl.study.OUR_SETTINGS.items():
+        assert g in dl.study.FIGURE_GAMES and dl.study.table_setting(g) == setting
+    assert set(dl.study.SIX_GAMES) == {*dl.study.PAPER_SETTINGS, *dl.study.FIGURE_GAMES}
     with pytest.raises(ValueError, match="CartPole-v1"):
-        dl.table_setting("CartPole-v1")
+        dl.study.table_setting("CartPole-v1")
 
 
 def test_our_settings_follow_the_stated_rule_on_the_shipped_records():
     # the sparsest distilled agent whose paired 10-episode loss against the dense agent is within one
     # standard error; the threshold stays the paper's 0.001 (no sweep has shown it to cost a score)
-    for g, (sparsity, threshold) in dl.OUR_SETTINGS.items():
+    for g, (sparsity, threshold) in dl.study.OUR_SETTINGS.items():
         dense = np.array(dl.agent_record(g)["evaluation"]["scores"])
         kept = []
         for name in dl.agent_names():
@@ -118,26 +118,15 @@ def test_our_settings_follow_the_stated_rule_on_the_shipped_records():
         assert threshold == 0.001
 
 
-def test_layer_shares_are_per_decision():
-    def variant(steps, counts):
-        return {"steps": steps, "layers": [{"name": f"l{i}", "significant": c} for i, c in enumerate(counts)]}
-
-    # the delta variant played twice as many decisions for the same totals: half the work per decision
-    table = {"variants": {"dense": variant(100, [40, 10]), "delta": variant(200, [40, 2])}}
-    assert dl.layer_shares(table) == pytest.approx({"l0": 0.5, "l1": 0.1})
-    assert dl.layer_shares(table, "dense") == {"l0": 1.0, "l1": 1.0}
-    dead = {"variants": {"dense": variant(1, [0]), "delta": variant(1, [0])}}
-    assert np.isnan(dl.layer_shares(dead)["l0"])
-
-
-def test_summary_row_reads_the_four_variants_and_pairs_the_scores():
+def test_summary_row_reads_the_four_variants_and_pairs_the_scores(tmp_path):
     net = dl.load_agent("CartPole-v1")
     tab = reproduce_table(net, "CartPole-v1", sparsity=0.7, threshold=0.05, episodes=3, seed=2, progress=False,
                           max_steps=120)
     v = tab["variants"]
     # the table records what pruning alone saves by weights, for the pruned net it used
-    assert tab["pruned_weights_reduction"] == dl.count_weights(dl.prune_network(dl.plain_copy(net), 0.7)).reduction
-    row = dl.summary_row(tab, tab["pruned_weights_reduction"])
+    assert tab["pruned_weights_reduction"] == dl.count_weights(dl.prune_network(dl.core.plain_copy(net), 0.7)).reduction
+    write_results(tmp_path, "CartPole-v1_table", tab)
+    row = dl.study.summary_row(dl.load_table("CartPole-v1", tmp_path), tab["pruned_weights_reduction"])
     assert (row["pruning"], row["delta"], row["both"]) == (v["pruned"]["reduction"], v["delta"]["reduction"],
                                                           v["pruned+delta"]["reduction"])
     assert row["dense_per_decision"] == dl.count_dense(net).total_dense
@@ -145,7 +134,7 @@ def test_summary_row_reads_the_four_variants_and_pairs_the_scores():
     assert row["paired_difference"] == pytest.approx(diff.mean())
     assert row["paired_se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(3))
     assert row["dense_hns"] is None and row["episodes"] == 3
-    c = dl.paired_comparison(v["dense"]["scores"], v["pruned+delta"]["scores"])
+    c = dl.paired_difference(v["dense"]["scores"], v["pruned+delta"]["scores"])
     assert (row["ci95_low"], row["ci95_high"], row["verdict"]) == (c.ci_low, c.ci_high, c.verdict)
     # the second baseline: the dense network's own significant products, per decision
     own = v["dense"]["total_significant"] / v["dense"]["steps"]
@@ -183,7 +172,7 @@ def test_a_killed_table_resumes_from_its_finished_variants(tmp_path, monkeypatch
     fresh = reproduce_table(net, "CartPole-v1", **{**args, "partial": None})
     assert resumed["variants"] == fresh["variants"]
     # a partial file of another table (other seed) is not reused
-    write = dl.write_results(tmp_path, partial.stem, {"key": {"seed": 0}, "variants": fresh["variants"]})
+    write = dl.study.write_results(tmp_path, partial.stem, {"key": {"seed": 0}, "variants": fresh["variants"]})
     assert write[0] == partial
     counted.clear()
     monkeypatch.setattr(R, "evaluate", lambda *a, **k: counted.append(1) or real(*a, **k))
@@ -193,12 +182,12 @@ def test_a_killed_table_resumes_from_its_finished_variants(tmp_path, monkeypatch
 
 def test_six_game_summary_of_the_committed_tables():
     data = Path(__file__).resolve().parents[1] / "book" / "data" / "reproduce"
-    rows = dl.six_game_summary(data)
+    rows = dl.study.six_game_summary(data)
     games = [r["game"] for r in rows]
-    assert games == [g for g in dl.SIX_GAMES if (data / f"{g}_table.json").exists()] and "Breakout" in games
+    assert games == [g for g in dl.study.SIX_GAMES if (data / f"{g}_table.json").exists()] and "Breakout" in games
     for r in rows:
         tab = json.loads((data / f"{r['game']}_table.json").read_text())
-        assert r == dl.summary_row(tab, r["pruning_weights"])
+        assert r == dl.study.summary_row(dl.load_table(r["game"], data), r["pruning_weights"])
         pruned = dl.load_agent(tab["pruned_from"])
         assert r["pruning_weights"] == pytest.approx(dl.count_weights(pruned).reduction)
         # weights-only pruning saves about 1 / (1 - sparsity)
@@ -206,11 +195,11 @@ def test_six_game_summary_of_the_committed_tables():
 
 
 def test_first_person_sweeps_add_first_layer_thresholds_only():
-    flat = dl.sweep_thresholds("Breakout")
-    assert flat == list(dl.SWEEP_THRESHOLDS) and all(t is None or np.isscalar(t) for t in flat)
-    for game in dl.FIRST_PERSON_GAMES:
-        extra = dl.sweep_thresholds(game)[len(flat):]
-        assert [t[0] for t in extra] == list(dl.INPUT_THRESHOLDS)
+    flat = dl.study.sweep_thresholds("Breakout")
+    assert flat == list(dl.study.SWEEP_THRESHOLDS) and all(t is None or np.isscalar(t) for t in flat)
+    for game in dl.study.FIRST_PERSON_GAMES:
+        extra = dl.study.sweep_thresholds(game)[len(flat):]
+        assert [t[0] for t in extra] == list(dl.study.INPUT_THRESHOLDS)
         assert all(t[1:] == [1e-3] * 4 for t in extra)
         # each one is a valid per-layer threshold for the Nature DQN the agents use
         for t in extra:
@@ -219,21 +208,21 @@ def test_first_person_sweeps_add_first_layer_thresholds_only():
 
 def test_the_heldout_tables_report_on_episodes_no_choice_saw():
     data = Path(__file__).resolve().parents[1] / "book" / "data" / "heldout"
-    rows = dl.six_game_summary(data)
-    assert [r["game"] for r in rows] == list(dl.SIX_GAMES)  # every game of the summary is reported held out
+    rows = dl.study.six_game_summary(data)
+    assert [r["game"] for r in rows] == list(dl.study.SIX_GAMES)  # every game of the summary is reported held out
     committed = json.loads((data / "summary.json").read_text())
     for r, c in zip(rows, committed):
         assert set(r) == set(c)
         for k, v in r.items():
             assert (v == c[k]) if not isinstance(v, float) else v == pytest.approx(c[k], nan_ok=True), (r["game"], k)
-    for game in dl.SIX_GAMES:
+    for game in dl.study.SIX_GAMES:
         tab = json.loads((data / f"{game}_table.json").read_text())
-        assert (tab["seed"], tab["episodes"]) == (dl.HELDOUT_SEED, dl.HELDOUT_EPISODES)
+        assert (tab["seed"], tab["episodes"]) == (dl.study.HELDOUT_SEED, dl.study.HELDOUT_EPISODES)
         # the seeds settings were chosen on (0-9) and the held-out ones (1000-1029) do not meet
-        assert dl.HELDOUT_SEED >= dl.TUNING_SEED + dl.TUNING_EPISODES
-        assert (tab["sparsity"], tab["threshold"]) == dl.table_setting(game)
+        assert dl.study.HELDOUT_SEED >= dl.study.TUNING_SEED + dl.study.TUNING_EPISODES
+        assert (tab["sparsity"], tab["threshold"]) == dl.study.table_setting(game)
         for v in tab["variants"].values():
-            assert len(v["scores"]) == dl.HELDOUT_EPISODES and v["seed"] == dl.HELDOUT_SEED
+            assert len(v["scores"]) == dl.study.HELDOUT_EPISODES and v["seed"] == dl.study.HELDOUT_SEED
         # the dense variant is the shipped agent's held-out evaluation, the figure the book quotes
         assert dl.agent_record(game)["heldout_evaluation"]["scores"] == tab["variants"]["dense"]["scores"]
 

@@ -52,20 +52,6 @@ def test_every_committed_table_loads_as_typed_objects(path):
     assert c == dl.paired_difference(raw["variants"]["dense"]["scores"], raw["variants"]["pruned"]["scores"])
 
 
-@pytest.mark.parametrize("path", TABLES, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_summary_row_and_layer_shares_match_the_dict_reading_ones(path):
-    # TRANSITION (issue 16): compares with reproduce's dict-reading versions until they are removed
-    from deltalearn.study import reproduce
-
-    raw = json.loads(path.read_text())
-    t = dl.study.load_table(path)
-    old, new = reproduce.summary_row(raw, 4.5), results.summary_row(t, 4.5)
-    assert list(new) == list(old) == list(results.SUMMARY_COLUMNS)
-    assert all(_same(new[k], old[k]) for k in old), [k for k in old if not _same(new[k], old[k])]
-    assert t.layer_shares() == results.layer_shares(t) == reproduce.layer_shares(raw)
-    assert results.layer_shares(t, "pruned+delta", "pruned") == reproduce.layer_shares(raw, "pruned+delta", "pruned")
-
-
 @pytest.mark.parametrize("directory", TABLE_DIRS, ids=lambda p: p.name)
 def test_six_game_summary_and_the_committed_summary(directory):
     rows = results.six_game_summary(directory)

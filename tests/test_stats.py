@@ -51,8 +51,3 @@ def test_bad_input_is_refused():
         dl.paired_difference([1], [1])
     with pytest.raises(ValueError, match="level"):
         dl.paired_difference([1, 2], [1, 2], level=95)
-
-
-def test_the_old_name_is_the_same_function():
-    # TRANSITION (issue 16): remove with the alias
-    assert dl.study.paired_comparison is dl.study.paired_difference

@@ -1,5 +1,5 @@
 """Measure how far significant-multiplication counts move with the order of float sums,
-and how far a real change moves them: the data behind ``dl.COUNT_RTOL`` and ``dl.COUNT_FLOOR``.
+and how far a real change moves them: the data behind ``dl.core.COUNT_RTOL`` and ``dl.core.COUNT_FLOOR``.
 
 Run from the repository root (the default cells take about half an hour on 2 busy CPU cores):
 
@@ -14,7 +14,7 @@ come from ``--jobs 3``, then ``--games SpaceInvaders Breakout Robotank --full --
 
 **Noise.** Each game's recorded episode (``dl.load_trajectory(game)``) is replayed at some cells
 of its committed sweep (``book/data/reproduce/<game>_sweep.json``; see :func:`cells`), exactly as
-``dl.reproduce_sweep`` made them. CartPole's recorded episode is replayed at every cell of
+``dl.study.reproduce_sweep`` made them. CartPole's recorded episode is replayed at every cell of
 chapter 6's grid (``book/data/grid.csv``, made by ``make_grid.py``). Each configuration runs in
 its own child process whose environment is set before torch loads:
 
@@ -115,7 +115,7 @@ def worker(games: list[str], out: Path, full: bool = False) -> None:
         obs = dl.load_trajectory(game)["observations"]
         dense = dl.load_agent(game)
         dense_actions = np.asarray(dl.replay(dense, obs).actions)
-        s_table = None if game == CARTPOLE else dl.table_setting(game)[0]
+        s_table = None if game == CARTPOLE else dl.study.table_setting(game)[0]
         rows = []
         for cell in cells(game, s_table, full):
             s, t, kind = cell["sparsity"], cell["threshold"], cell["kind"]
@@ -124,7 +124,7 @@ def worker(games: list[str], out: Path, full: bool = False) -> None:
             elif kind == "fine-tuned" and game == CARTPOLE:  # chapter 6's networks
                 base, s_apply = dl.load_agent(f"{game}-pruned-{s:g}", directory=PRUNED_DIR), 0.0
             elif kind == "fine-tuned":
-                base, s_apply = dl.load_agent(dl.pruned_agent_name(game, s)), 0.0
+                base, s_apply = dl.load_agent(dl.store.pruned_agent_name(game, s)), 0.0
             elif game == CARTPOLE:  # one-shot, as make_grid.py prunes it
                 base, s_apply = dl.make_permanent(dl.prune_network(copy.deepcopy(dense), s)), 0.0
             else:
@@ -226,8 +226,8 @@ def tolerance(a: list[int], b: list[int]) -> list[float]:
     """Per layer, the difference ``dl.counts_close`` allows between ``a`` and ``b``."""
     import deltalearn as dl
 
-    slack = dl.COUNT_FLOOR * max(sum(a), sum(b))
-    return [dl.COUNT_RTOL * max(x, y) + slack for x, y in zip(a, b)]
+    slack = dl.core.COUNT_FLOOR * max(sum(a), sum(b))
+    return [dl.core.COUNT_RTOL * max(x, y) + slack for x, y in zip(a, b)]
 
 
 def margins(replays: dict[str, dict], changes: list[dict]) -> dict:
@@ -244,7 +244,7 @@ def margins(replays: dict[str, dict], changes: list[dict]) -> dict:
     worst_noise, worst_real = min(noise), min(real)
     import deltalearn as dl
 
-    return {"rtol": dl.COUNT_RTOL, "floor": dl.COUNT_FLOOR,
+    return {"rtol": dl.core.COUNT_RTOL, "floor": dl.core.COUNT_FLOOR,
             "noise_inside": worst_noise[0], "noise_worst": list(worst_noise[1:]),
             "real_outside": worst_real[0], "real_worst": list(worst_real[1:])}
 

@@ -32,7 +32,6 @@ __all__ = [
     "weight_layers", "layer_names", "dense_products", "significant_products",
     "forward_with_counts", "count_significant", "LayerCount", "MultiplicationReport", "count_dense",
     "count_weights", "dense_counts", "combine", "COUNT_RTOL", "COUNT_FLOOR", "counts_close",
-    "count_forward",  # TRANSITION (issue 16): the old name of forward_with_counts; the lead removes it
 ]
 
 
@@ -129,7 +128,6 @@ def forward_with_counts(net: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor
     return _run_counting(net, obs)
 
 
-count_forward = forward_with_counts  # TRANSITION (issue 16): chapters still call it; the lead removes it
 
 
 def count_significant(net: nn.Module, obs: torch.Tensor, label: str = "") -> MultiplicationReport:

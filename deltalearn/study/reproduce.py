@@ -31,7 +31,7 @@ from ..rl.evaluation import evaluate, replay
 from ..core.nets import QNetwork, plain_copy
 from ..core.delta import check_threshold
 from ..core.pruning import check_sparsity, prune_network
-from .stats import paired_comparison
+from .results import six_game_summary
 from .workers import iter_tasks, map_tasks, resolve_engine
 from .._status import status_line
 # the study's settings were defined here first: code that imports them from this module still works
@@ -40,7 +40,7 @@ from .settings import (FIGURE_GAMES, FIRST_PERSON_GAMES, HELDOUT_EPISODES, HELDO
                        TUNING_SEED, Threshold, sweep_thresholds, table_setting)
 
 __all__ = ["reproduce_table", "reproduce_sweep", "reproduce_game", "reproduce_games", "default_games",
-           "ReproducedGame", "Reproduction", "summary_row", "layer_shares", "six_game_summary", "write_results"]
+           "ReproducedGame", "Reproduction", "write_results"]
 
 
 def _variants(sparsity: float, threshold: Threshold) -> list[tuple[str, float, float | None]]:
@@ -166,76 +166,6 @@ def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsitie
                         f"{row['reduction']:.1f}x fewer", f"agreement {row['agreement']:.2f}",
                         *([f"score {row['mean_score']:.1f}"] if episodes > 0 else []))
     return out
-
-
-def summary_row(table: dict[str, Any], pruned_weights: float | None = None) -> dict[str, Any]:
-    """One game's line of the six-game summary, from a :func:`reproduce_table` result.
-
-    Reductions are given against two baselines, per decision: ``pruning``, ``delta`` and
-    ``both`` against all the dense network's products (the paper's "unoptimized network"),
-    and ``*_vs_significant`` against the dense network's own significant products (its ReLU
-    zeros already skipped), which is what the optimisation itself saves. ``pruned_weights``
-    is the pruned network's weights-only reduction (``count_weights(net).reduction``), the
-    count the paper's pruning range appears to use. The score comparison is paired (the
-    variants played the same seeded episodes), with a 95% t interval.
-    """
-    v = table["variants"]
-    dense, opt = v["dense"], v["pruned+delta"]
-    per_decision = {k: v[k]["total_significant"] / v[k]["steps"] for k in ("dense", "pruned", "delta", "pruned+delta")}
-    cmp = paired_comparison(dense["scores"], opt["scores"]) if len(dense["scores"]) > 1 else None
-    return {
-        "game": table["env"], "episodes": len(dense["scores"]), "seed": table.get("seed", 0),
-        "dense_per_decision": dense["total_dense"] / dense["steps"],
-        "dense_significant_per_decision": per_decision["dense"],
-        "sparsity": table["sparsity"], "threshold": table["threshold"],
-        "pruning_weights": pruned_weights, "pruning": v["pruned"]["reduction"],
-        "delta": v["delta"]["reduction"], "both": opt["reduction"],
-        **{f"{name}_vs_significant": per_decision["dense"] / per_decision[k]
-           for name, k in (("pruning", "pruned"), ("delta", "delta"), ("both", "pruned+delta"))},
-        "dense_mean": dense["mean_score"], "dense_std": dense["std_score"], "dense_hns": dense.get("hns"),
-        "optimized_mean": opt["mean_score"], "optimized_std": opt["std_score"], "optimized_hns": opt.get("hns"),
-        "paired_difference": float(np.mean(np.subtract(opt["scores"], dense["scores"]))),
-        "paired_se": cmp.paired_se if cmp else float("nan"),
-        "unpaired_se": cmp.unpaired_se if cmp else float("nan"),
-        "ci95_low": cmp.ci_low if cmp else float("nan"), "ci95_high": cmp.ci_high if cmp else float("nan"),
-        "verdict": cmp.verdict if cmp else "too few episodes",
-        "largest_unseen_loss": cmp.largest_unseen_loss if cmp else float("nan"),
-    }
-
-
-def layer_shares(table: dict[str, Any], variant: str = "delta", reference: str = "dense") -> dict[str, float]:
-    """Per layer, one variant's significant products per decision as a share of another's.
-
-    Per decision, not per total: the variants play the same seeds, but a different policy can make
-    its episodes longer or shorter, and totals would mix that into the share.
-    """
-    v = table["variants"]
-    a, b = v[variant], v[reference]
-    return {la["name"]: (la["significant"] / a["steps"]) / (lb["significant"] / b["steps"])
-            if lb["significant"] else float("nan")
-            for la, lb in zip(a["layers"], b["layers"])}
-
-
-def six_game_summary(directory: str | os.PathLike) -> list[dict[str, Any]]:
-    """:func:`summary_row` for each of :data:`SIX_GAMES` whose table is in ``directory``, in order.
-
-    A table written before tables recorded ``pruned_weights_reduction`` gets it from the
-    shipped pruned agent it names (or, failing that, from the dense agent pruned one-shot).
-    """
-    rows = []
-    for game in SIX_GAMES:
-        path = Path(directory) / f"{game}_table.json"
-        if not path.exists():
-            continue
-        table = json.loads(path.read_text())
-        weights = table.get("pruned_weights_reduction")
-        if weights is None:
-            name = table.get("pruned_from")
-            net = (load_agent(name) if name in agent_names()
-                   else prune_network(plain_copy(load_agent(game)), table["sparsity"]))
-            weights = count_weights(net).reduction
-        rows.append(summary_row(table, weights))
-    return rows
 
 
 def _cell(v: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["PairedDifference", "paired_difference", "PairedComparison", "paired_comparison"]
+__all__ = ["PairedDifference", "paired_difference"]
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,3 @@ def paired_difference(base: Sequence[float], other: Sequence[float], level: floa
     unpaired = float(np.sqrt(a.var(ddof=1) / n + b.var(ddof=1) / n))
     return PairedDifference(n, float(d.mean()), se, unpaired, level, float(d.mean()) - half,
                             float(d.mean()) + half, float(a.mean()))
-
-
-# TRANSITION (issue 16): the old names, kept until every caller says paired_difference
-PairedComparison = PairedDifference
-paired_comparison = paired_difference
