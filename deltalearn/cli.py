@@ -132,38 +132,34 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .store.agents import load_network_file
-    from .rl.envs import check_actions
     from .rl.evaluation import evaluate
+    from .store.agents import load_network_file
+    from .study.heldout import evaluate_heldout
 
     if a.checkpoint and a.agent:
         raise ValueError("give --agent or --checkpoint, not both")
-    if a.heldout:  # the reporting episodes, never used to choose anything
-        from .study.reproduce import HELDOUT_EPISODES, HELDOUT_SEED
-
-        a.seed, a.episodes = HELDOUT_SEED, HELDOUT_EPISODES
-    name = a.agent or a.env
-    if a.record and not (a.heldout and not a.checkpoint and a.sparsity == 0 and a.threshold is None
-                         and a.epsilon is None):
-        raise ValueError("--record stores a shipped agent's own held-out evaluation: it needs --heldout, a "
-                         "shipped agent (no --checkpoint), and no --sparsity, --threshold or --epsilon")
+    if a.record and (not a.heldout or a.checkpoint):
+        raise ValueError("--record stores a shipped agent's own held-out evaluation: it needs --heldout and a "
+                         "shipped agent (no --checkpoint)")
     _set_threads(a.threads)
     if a.checkpoint:
-        net = load_network_file(a.checkpoint)
+        from .rl.envs import check_actions
+
+        net, name = load_network_file(a.checkpoint), None
         check_actions(net, a.env, f"the network in {a.checkpoint}")
     else:
-        net = _network(a.agent, a.env)[0]
-    res = evaluate(net, a.env, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon,
-                   sparsity=a.sparsity, threshold=a.threshold, progress=not a.json and not a.no_progress)
-    d = res.to_dict()
-    if a.record:
-        from .store.agents import record_evaluation
-
-        record_evaluation(name, "heldout_evaluation", res.record(lengths=True))
-    if a.json:
-        print(json.dumps(d))
+        net, name = _network(a.agent, a.env)[0], a.agent or a.env
+    progress = not a.json and not a.no_progress
+    if a.heldout:  # the reporting episodes, never used to choose anything
+        res = evaluate_heldout(a.env, net, sparsity=a.sparsity, threshold=a.threshold, epsilon=a.epsilon,
+                               name=name, record=a.record, progress=progress)
     else:
-        print(f"{a.env} {res.variant}: {res.mean_score:.2f} +/- {res.std_score:.2f} over {len(res.scores)} "
+        res = evaluate(net, a.env, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon, sparsity=a.sparsity,
+                       threshold=a.threshold, progress=progress)
+    if a.json:
+        print(json.dumps(res.to_dict()))
+    else:
+        print(f"{a.env} {res.variant.name}: {res.mean_score:.2f} +/- {res.std_score:.2f} over {len(res.scores)} "
               f"episodes" + (f", HNS {res.hns:.3f}" if res.hns is not None else ""))
         print(res.report)
     return 0

@@ -1,12 +1,13 @@
 """The paper study: its games and settings, the agent at each sparsity, the reproduced tables and
 sweeps (run serially, in local processes or on a Dask cluster), their typed results and statistics."""
+from .heldout import *  # noqa: F401,F403
 from .pruned_agents import *  # noqa: F401,F403
 from .results import *  # noqa: F401,F403
 from .reproduce import *  # noqa: F401,F403
 from .settings import *  # noqa: F401,F403
 from .stats import *  # noqa: F401,F403
 from .workers import *  # noqa: F401,F403
-from . import pruned_agents, reproduce, results, settings, stats, workers
+from . import heldout, pruned_agents, reproduce, results, settings, stats, workers
 
-__all__ = (pruned_agents.__all__ + results.__all__ + reproduce.__all__ + settings.__all__ + stats.__all__
+__all__ = (heldout.__all__ + pruned_agents.__all__ + results.__all__ + reproduce.__all__ + settings.__all__ + stats.__all__
            + workers.__all__)
