@@ -43,4 +43,12 @@ from .rl import DQNConfig, ReplayBuffer, double_dqn_update, evaluate, make_env, 
 from .store import agent_names, agent_record, load_agent, load_trajectory
 from .study import agent_at, load_sweep, load_table, paired_difference, reproduce_game
 
+__all__ = ["core", "rl", "store", "study",
+           "nature_dqn", "mlp_qnet", "QNetwork", "weight_layers", "layer_names", "count_dense", "count_significant",
+           "count_weights", "counts_close", "MultiplicationReport", "prune_network", "make_permanent",
+           "sparsity_report", "DeltaNetwork", "Variant",
+           "make_env", "DQNConfig", "train", "double_dqn_update", "ReplayBuffer", "evaluate", "replay",
+           "load_agent", "agent_names", "agent_record", "load_trajectory",
+           "agent_at", "load_table", "load_sweep", "paired_difference", "reproduce_game"]
+
 __version__ = "0.1.0"

@@ -104,6 +104,7 @@ def test_pruned_and_delta_variants_do_fewer_multiplications(cartpole, trajectory
     assert dense.total_dense == pruned.total_dense == both.total_dense
 
 
+@pytest.mark.episodes  # whole Atari episodes: about 7 minutes for the 29 agents
 @pytest.mark.parametrize("name", dl.agent_names())
 def test_every_shipped_agent_reproduces_its_recorded_evaluation(name):
     """The manifest's scores come from the shipped (fp16) weights: the first seeded episode

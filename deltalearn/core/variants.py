@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._fields import checked_fields
 from .counting import dense_counts, forward_with_counts, layer_names
 from .delta import DeltaNetwork, check_threshold
 from .nets import plain_copy
@@ -126,10 +127,7 @@ class Variant:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Variant":
         """The inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys raise."""
-        unknown = sorted(set(d) - {"sparsity", "threshold", "scope", "drift_free"})
-        if unknown:
-            raise ValueError(f"unknown Variant keys {unknown}; known: sparsity, threshold, scope, drift_free")
-        return cls(**d)
+        return cls(**checked_fields(cls, d))
 
 
 def as_variant(variant: Variant | None = None, *, sparsity: float | None = None,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .._fields import checked_fields
 from ..store.checkpoint import CheckpointError, check_spec, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .envs import check_actions
 from .evaluation import evaluate
@@ -85,11 +86,7 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown DistillConfig fields {sorted(unknown)}; allowed: {sorted(names)}")
-        d = dict(d)
+        d = checked_fields(cls, d)
         if "stages" in d:
             d["stages"] = tuple(float(s) for s in d["stages"])
         return cls(**d)

@@ -1,9 +1,10 @@
 """The settings of one Double DQN run, in one dataclass (stored with every run file and agent)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from .._fields import checked_fields
 from ..core.pruning import check_sparsity
 from .envs import is_atari
 
@@ -133,11 +134,7 @@ class DQNConfig:
         otherwise be dropped without a word and the run would quietly use a default. Every
         config committed with this project (shipped agents, ``runs/*``) uses only today's fields.
         """
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown DQNConfig fields {sorted(unknown)}; allowed: {sorted(names)}")
-        kw = dict(d)
+        kw = checked_fields(cls, d)
         if "hidden" in kw:
             kw["hidden"] = tuple(kw["hidden"])
         return cls(**kw)

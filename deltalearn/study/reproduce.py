@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..store.agents import agent_names, load_agent
+from ..store.agents import agent_names
 from ..store.checkpoint import atomic_write
 from ..core.counting import count_weights
 from ..rl.envs import check_actions
@@ -32,12 +32,10 @@ from ..core.nets import QNetwork, plain_copy
 from ..core.delta import check_threshold
 from ..core.pruning import check_sparsity, prune_network
 from .results import six_game_summary
-from .workers import iter_tasks, map_tasks, resolve_engine
+from .workers import iter_tasks, resolve_engine
 from .._status import status_line
-# the study's settings were defined here first: code that imports them from this module still works
-from .settings import (FIGURE_GAMES, FIRST_PERSON_GAMES, HELDOUT_EPISODES, HELDOUT_SEED, INPUT_THRESHOLDS,  # noqa: F401
-                       OUR_SETTINGS, PAPER_RANGES, PAPER_SETTINGS, SIX_GAMES, SWEEP_THRESHOLDS, TUNING_EPISODES,
-                       TUNING_SEED, Threshold, sweep_thresholds, table_setting)
+from .settings import (HELDOUT_EPISODES, HELDOUT_SEED, OUR_SETTINGS, PAPER_SETTINGS, SIX_GAMES, Threshold,
+                       sweep_thresholds, table_setting)
 
 __all__ = ["reproduce_table", "reproduce_sweep", "reproduce_game", "reproduce_games", "default_games",
            "ReproducedGame", "Reproduction", "write_results"]
