@@ -101,8 +101,6 @@ def cells(game: str, table_sparsity: float | None, full: bool = False) -> list[d
 def worker(games: list[str], out: Path, full: bool = False) -> None:
     """Replay the cells of ``games`` in this process; write their counts to ``out`` after each
     game, so that a long run can be followed."""
-    import copy
-
     import numpy as np
     import torch
 
@@ -121,12 +119,12 @@ def worker(games: list[str], out: Path, full: bool = False) -> None:
             s, t, kind = cell["sparsity"], cell["threshold"], cell["kind"]
             if s == 0:
                 base, s_apply = dense, 0.0
-            elif kind == "fine-tuned" and game == CARTPOLE:  # chapter 6's networks
-                base, s_apply = dl.load_agent(f"{game}-pruned-{s:g}", directory=PRUNED_DIR), 0.0
-            elif kind == "fine-tuned":
-                base, s_apply = dl.load_agent(dl.store.pruned_agent_name(game, s)), 0.0
-            elif game == CARTPOLE:  # one-shot, as make_grid.py prunes it
-                base, s_apply = dl.make_permanent(dl.prune_network(copy.deepcopy(dense), s)), 0.0
+            elif kind == "fine-tuned" or game == CARTPOLE:  # chapter 6's networks come from PRUNED_DIR
+                agent = dl.agent_at(game, s, directory=PRUNED_DIR if game == CARTPOLE else None,
+                                    one_shot=kind != "fine-tuned")
+                if agent.fine_tuned != (kind == "fine-tuned"):
+                    raise ValueError(f"{game} at sparsity {s:g}: the committed cell is {kind}, but {agent.source}")
+                base, s_apply = agent.net, 0.0
             else:
                 base, s_apply = dense, s
             start = time.perf_counter()
