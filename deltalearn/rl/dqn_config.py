@@ -99,9 +99,9 @@ class DQNConfig:
         return cls(**base)
 
     @classmethod
-    def atari(cls, game: str, **kw: Any) -> "DQNConfig":
+    def atari(cls, env: str, **kw: Any) -> "DQNConfig":
         """CPU-budget Atari settings: 4 envs, 3-step Double DQN, 1 update per 4 agent steps."""
-        base = dict(env=game, total_steps=1_000_000, num_envs=4, buffer_size=200_000, batch_size=32,
+        base = dict(env=env, total_steps=1_000_000, num_envs=4, buffer_size=200_000, batch_size=32,
                     n_step=3, lr=1e-4, adam_eps=1.5e-4, learning_starts=20_000, train_every=4,
                     target_update=2_000, eps_start=1.0, eps_end=0.01, eps_decay_steps=250_000,
                     clip_rewards=True, life_loss_terminal=True, eval_every=100_000, eval_episodes=5,

@@ -128,9 +128,9 @@ def record_evaluation(name: str, key: str, evaluation: dict[str, Any],
     _write_manifest(d, man)
 
 
-def pruned_agent_name(game: str, sparsity: float) -> str:
-    """The shipped name of a game's fine-tuned pruned agent, e.g. ``Breakout-pruned-0.79``."""
-    return f"{game}-pruned-{sparsity:g}"
+def pruned_agent_name(env: str, sparsity: float) -> str:
+    """The shipped name of an environment's distilled pruned agent, e.g. ``Breakout-pruned-0.79``."""
+    return f"{env}-pruned-{sparsity:g}"
 
 
 def fp16_rounded(net: QNetwork) -> QNetwork:

@@ -51,8 +51,8 @@ PAPER_RANGES = {"pruning": (2, 8), "delta": (10, 50), "both": (20, 150)}
 """Reduction ranges the paper reports (arXiv version): the paper's figures, not ours."""
 
 
-def sweep_thresholds(game: str, layers: int = 5) -> list[Threshold]:
-    """The thresholds ``deltalearn reproduce`` sweeps for ``game`` by default.
+def sweep_thresholds(env: str, layers: int = 5) -> list[Threshold]:
+    """The thresholds ``deltalearn reproduce`` sweeps for the game ``env`` by default.
 
     Every game gets :data:`SWEEP_THRESHOLDS`. A first-person game also gets per-layer
     thresholds that coarsen only the first layer's input (:data:`INPUT_THRESHOLDS`, the
@@ -60,17 +60,17 @@ def sweep_thresholds(game: str, layers: int = 5) -> list[Threshold]:
     raw pixels recovers what the busier screen costs (on Robotank it does not: chapter 9).
     """
     out: list[Threshold] = list(SWEEP_THRESHOLDS)
-    if game in FIRST_PERSON_GAMES:
+    if env in FIRST_PERSON_GAMES:
         out += [[t] + [1e-3] * (layers - 1) for t in INPUT_THRESHOLDS]
     return out
 
 
-def table_setting(game: str) -> tuple[float, float]:
-    """The (sparsity, threshold) of ``game``'s table: the paper's where it names one, else ours."""
-    if game in PAPER_SETTINGS:
-        return PAPER_SETTINGS[game]
-    if game in OUR_SETTINGS:
-        return OUR_SETTINGS[game]
-    raise ValueError(f"no table setting for {game!r}: the paper names one for {', '.join(PAPER_SETTINGS)}, "
+def table_setting(env: str) -> tuple[float, float]:
+    """The (sparsity, threshold) of ``env``'s table: the paper's where it names one, else ours."""
+    if env in PAPER_SETTINGS:
+        return PAPER_SETTINGS[env]
+    if env in OUR_SETTINGS:
+        return OUR_SETTINGS[env]
+    raise ValueError(f"no table setting for {env!r}: the paper names one for {', '.join(PAPER_SETTINGS)}, "
                      f"we chose one for {', '.join(OUR_SETTINGS) or 'no other game'}; "
                      "give the sparsity and threshold explicitly")
