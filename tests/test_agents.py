@@ -60,7 +60,7 @@ def test_episode_results_do_not_depend_on_parallel_slots(cartpole):
     assert one.scores == three.scores and one.lengths == three.lengths
 
 
-def test_dense_evaluation_counts_equal_count_forward_on_the_recorded_observations(cartpole):
+def test_dense_evaluation_counts_equal_forward_with_counts_on_the_recorded_observations(cartpole):
     res = dl.evaluate(cartpole, "CartPole-v1", episodes=2, seed=0, max_steps=100, record=True)
     obs = torch.as_tensor(np.concatenate(res.observations))
     q, counts = dl.core.forward_with_counts(cartpole, obs)
@@ -79,14 +79,14 @@ def test_delta_at_threshold_zero_replays_the_dense_actions(cartpole, trajectory)
     with torch.no_grad():
         q_dense = cartpole(torch.as_tensor(obs)).numpy()
     np.testing.assert_allclose(rr.q_values, q_dense, atol=1e-3, rtol=1e-4)
-    # the first step is a dense pass: its counts are count_forward's
+    # the first step is a dense pass: its counts are forward_with_counts's
     _, first = dl.core.forward_with_counts(cartpole, torch.as_tensor(obs[:1]))
     assert rr.report.per_step[0].tolist() == first[0].tolist()
     assert rr.report.per_step.shape == (len(obs), 3)
     assert rr.report.total_dense == dl.replay(cartpole, obs).report.total_dense
 
 
-def test_replay_without_delta_counts_like_count_forward(cartpole, trajectory):
+def test_replay_without_delta_counts_like_forward_with_counts(cartpole, trajectory):
     obs = trajectory["observations"][:100]
     rr = dl.replay(cartpole, obs)
     _, counts = dl.core.forward_with_counts(cartpole, torch.as_tensor(obs))
