@@ -370,11 +370,49 @@ def _add_reproduce(sub: Any) -> None:
     r.set_defaults(func=cmd_reproduce)
 
 
+def cmd_classroom(a: argparse.Namespace) -> int:
+    try:
+        import nbgrader  # noqa: F401  (the classroom commands are built on it)
+    except ImportError:
+        raise SystemExit("deltalearn classroom needs nbgrader: pip install 'deltalearn[classroom]'") from None
+    from .classroom import grade_submissions, write_student_version
+
+    if a.action == "student":
+        written = write_student_version(a.book, a.out_dir)
+        print(f"wrote {len(written)} student notebooks to {a.out_dir}")
+        return 0
+    rows = grade_submissions(a.book, a.submissions_dir, a.out, limit=a.timeout, setup_limit=a.setup_timeout)
+    for r in rows:
+        print(f"{r['student']}: {r['total']:g}" + (f"  ({r['notes']})" if r["notes"] else ""))
+    print(f"wrote {a.out}")
+    return 0
+
+
+def _add_classroom(sub: Any) -> None:
+    c = sub.add_parser("classroom", help="the student version of the book, and grading submitted chapters",
+                       description="student: chapters with stubs and visible checks, without solutions, their "
+                       "outputs or hidden tests. grade: run every exercise's check and hidden tests on each "
+                       "student's notebooks (one folder per student) and write one CSV row per student.")
+    actions = c.add_subparsers(dest="action", required=True)
+    s = actions.add_parser("student", help="write the student notebooks")
+    s.add_argument("out_dir", metavar="OUT_DIR")
+    g = actions.add_parser("grade", help="grade SUBMISSIONS_DIR/<student>/<chapter>.ipynb into a CSV")
+    g.add_argument("submissions_dir", metavar="SUBMISSIONS_DIR")
+    g.add_argument("--out", default="grades.csv", help="the CSV to write (default grades.csv)")
+    g.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds one cell of a student's exercise may run; past it the exercise scores 0")
+    g.add_argument("--setup-timeout", type=float, default=900.0,
+                   help="seconds one of the chapter's own cells may run (training, loading agents)")
+    for p in (s, g):
+        p.add_argument("--book", default="book", help="the folder of the book's chapter notebooks (default book)")
+    c.set_defaults(func=cmd_classroom)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deltalearn", description="Pruning + delta networks for DQN agents: "
                                 "train agents, evaluate them with fewer multiplications, count multiplications.")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_distill, _add_evaluate, _add_count, _add_reproduce):
+    for add in (_add_train, _add_distill, _add_evaluate, _add_count, _add_reproduce, _add_classroom):
         add(sub)
 
     g = sub.add_parser("agents", help="list the shipped agents with their scores and sparsity",
