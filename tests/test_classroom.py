@@ -9,8 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from deltalearn.classroom import (HIDDEN_TEST_TAG, chapter_exercises, chapter_number, grade_submissions,
-                                  read_chapter, student_notebook)
+from deltalearn.classroom import (HIDDEN_TEST_TAG, MODEL_ANSWER_TAG, chapter_exercises, chapter_number,
+                                  exercise_heading, grade_chapter, grade_submissions, read_chapter, student_notebook)
 from deltalearn.cli import main
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
@@ -144,3 +144,94 @@ def test_a_truncated_notebook_gets_a_one_line_error(graded) -> None:
 def test_student_command_writes_every_chapter(tmp_path: Path) -> None:
     assert main(["classroom", "student", str(tmp_path / "out"), "--book", str(BOOK)]) == 0
     assert sorted(p.name for p in (tmp_path / "out").glob("*.ipynb")) == [p.name for p in CHAPTERS]
+
+
+def _md(source: str, tags: tuple[str, ...] = ()) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_markdown_cell(source)
+    if tags:
+        cell.metadata["tags"] = list(tags)
+    return cell
+
+
+def _py(source: str, tags: tuple[str, ...] = ()) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(source)
+    if tags:
+        cell.metadata["tags"] = list(tags)
+    return cell
+
+
+def _exercise(n: int, m: int, name: str, body: str, check: str) -> list[nbformat.NotebookNode]:
+    """An exercise as the book writes it: heading, stub, check (raises-exception), solution (hide-input)."""
+    return [_md(f"### Exercise {n}.{m}: write {name}"),
+            _py(f'def {name}(x):\n    raise NotImplementedError("Exercise {n}.{m}")'),
+            _py(check, ("raises-exception",)),
+            _py(f"def {name}(x):\n    {body}", ("hide-input",))]
+
+
+def _open_question(n: int, m: int) -> list[nbformat.NotebookNode]:
+    return [_md(f"### Exercise {n}.{m}: why?\n\nExplain."),
+            _md("```{admonition} Model answer\n:class: dropdown\nBecause 42.\n```", (MODEL_ANSWER_TAG,))]
+
+
+def _chapter(n: int, cells: list) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook(cells=[_md(f"# {n}. A chapter"), _py("import os")] + cells)
+    nbformat.validator.normalize(nb)
+    return nb
+
+
+def test_exercise_headings_give_the_keys_and_open_questions_keep_their_numbers() -> None:
+    assert exercise_heading("## Exercises\n\n### Exercise 10.2: choose a setting") == (10, 2)
+    assert exercise_heading("### Exercise 2: the old style") is None
+    assert exercise_heading("See Exercise 6.2 above") is None  # a reference, not a heading
+    nb = _chapter(10, _exercise(10, 1, "double", "return 2 * x", "assert double(2) == 4")
+                  + _open_question(10, 2) + _exercise(10, 3, "triple", "return 3 * x", "assert triple(2) == 6"))
+    assert [e.key for e in chapter_exercises(nb, chapter_number("book/10_six_games.ipynb"))] == ["10.1", "10.3"]
+    # a heading that kept the old chapter number is found when the student version is built
+    with pytest.raises(ValueError, match="chapter 10 .*headed Exercise 9.1; number it Exercise 10.1"):
+        chapter_exercises(_chapter(10, _exercise(9, 1, "double", "return 2 * x", "assert double(2) == 4")), 10)
+    twice = _exercise(4, 1, "double", "return 2 * x", "assert double(2) == 4") + [_md("More.")]
+    twice += _exercise(4, 1, "triple", "return 3 * x", "assert triple(2) == 6")
+    with pytest.raises(ValueError, match="two code exercises are numbered 4.1"):
+        chapter_exercises(_chapter(4, twice), 4)
+    # unnumbered headings: the code exercises are counted
+    old = _chapter(4, _exercise(4, 1, "double", "return 2 * x", "assert double(2) == 4"))
+    old.cells[2].source = "### Exercise 1: the old style"
+    assert [e.key for e in chapter_exercises(old, 4)] == ["4.1"]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_student_version_drops_every_model_answer(path: Path) -> None:
+    book = read_chapter(path)
+    student = student_notebook(book, chapter_number(path))
+    answers = [c.id for c in book.cells if MODEL_ANSWER_TAG in c.metadata.get("tags", [])]
+    kept = {c.id for c in student.cells}
+    assert not kept & set(answers), f"{path.name}: model answers left in the student version"
+    assert len(student.cells) == len(book.cells) - len(answers) - sum(
+        1 + len(e.hidden) for e in chapter_exercises(book, chapter_number(path)))
+
+
+def test_student_version_of_a_chapter_with_open_questions() -> None:
+    nb = _chapter(7, _exercise(7, 1, "double", "return 2 * x", "assert double(2) == 4") + _open_question(7, 2))
+    student = student_notebook(nb, 7)
+    text = "\n".join(c.source for c in student.cells)
+    assert "### Exercise 7.2: why?" in text and "Because 42" not in text and "return 2 * x" not in text
+    assert not any(MODEL_ANSWER_TAG in c.metadata.get("tags", []) for c in student.cells)
+
+
+def test_the_grader_runs_a_chapter_in_an_empty_folder_not_the_book(tmp_path: Path) -> None:
+    book = tmp_path / "book"
+    book.mkdir()
+    # the check passes only where a downloaded chapter runs: a fresh folder, not the book's
+    check = ("from pathlib import Path\nassert double(2) == 4\n"
+             "assert not Path('10_tiny.ipynb').exists() and Path.cwd().name.startswith('deltalearn-grade-')")
+    nb = _chapter(10, _exercise(10, 1, "double", "return 2 * x", check) + _open_question(10, 2))
+    nb.cells.insert(2, _py("open('stray.txt', 'w').write('a student file')"))
+    nbformat.write(nb, book / "10_tiny.ipynb")
+    source = read_chapter(book / "10_tiny.ipynb")
+    solved = student_notebook(source, 10)
+    stub = next(c for c in solved.cells if "NotImplementedError" in c.source)
+    stub.source = "def double(x):\n    return x + x"
+    grade = grade_chapter(book / "10_tiny.ipynb", solved, limit=LIMIT, setup_limit=60)
+    assert grade.points == {"10.1": 1.0} and grade.notes == []
+    assert grade_chapter(book / "10_tiny.ipynb", student_notebook(source, 10), limit=LIMIT).points == {"10.1": 0.0}
+    assert sorted(p.name for p in book.iterdir()) == ["10_tiny.ipynb"], "the kernel wrote into the book folder"

@@ -4,9 +4,11 @@
 call these. Built on nbgrader's cell model (solution, locked and grade cells) and its grading
 rule; see ``exercises`` for how the book's cells map onto it.
 """
-from .exercises import HIDDEN_TEST_TAG, Exercise, chapter_exercises, chapter_number, read_chapter
+from .exercises import (HIDDEN_TEST_TAG, MODEL_ANSWER_TAG, Exercise, chapter_exercises, chapter_number,
+                        exercise_heading, read_chapter)
 from .grade import ChapterGrade, grade_chapter, grade_submissions
 from .student import student_notebook, write_student_version
 
-__all__ = ["HIDDEN_TEST_TAG", "ChapterGrade", "Exercise", "chapter_exercises", "chapter_number",
+__all__ = ["HIDDEN_TEST_TAG", "MODEL_ANSWER_TAG", "ChapterGrade", "Exercise", "chapter_exercises", "chapter_number",
+           "exercise_heading",
            "grade_chapter", "grade_submissions", "read_chapter", "student_notebook", "write_student_version"]

@@ -8,11 +8,16 @@ its points when every grade cell runs without an error, judged by ``nbgrader.uti
 Student code runs in a Jupyter kernel, a subprocess, one cell at a time with a time limit. A cell
 that times out or kills the kernel costs its exercise: the kernel is shut down and a new one goes
 on from the next exercise, with the book's solutions of the earlier ones as its context.
+
+The kernel works in an empty temporary folder, as a downloaded chapter does: chapters read their
+data from the installed library (``dl.study.book_data``), never from the book's folder, and a
+student's stray files land nowhere near the book or the submissions.
 """
 from __future__ import annotations
 
 import csv
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,17 +127,27 @@ def _execute(nb: nbformat.NotebookNode, cwd: Path, limit: float, setup_limit: fl
 def grade_chapter(source_path: str | Path, student: nbformat.NotebookNode, limit: float = 60.0,
                   setup_limit: float = 900.0) -> ChapterGrade:
     """Grade one student's copy of the chapter at ``source_path`` (the book's own notebook)."""
-    from nbgrader.utils import determine_grade
-
     source_path = Path(source_path)
     source = read_chapter(source_path)
     chapter = chapter_number(source_path)
     exercises = chapter_exercises(source, chapter)
     grade = ChapterGrade(points={e.key: 0.0 for e in exercises})
+    with tempfile.TemporaryDirectory(prefix="deltalearn-grade-") as workdir:
+        _grade_runs(source_path, source, student, exercises, grade, Path(workdir), limit, setup_limit)
+    return grade
+
+
+def _grade_runs(source_path: Path, source: nbformat.NotebookNode, student: nbformat.NotebookNode,
+                exercises: list[Exercise], grade: ChapterGrade, workdir: Path, limit: float,
+                setup_limit: float) -> None:
+    """Run the grading notebook from the first exercise on, again after each exercise that stopped
+    the kernel, and fill ``grade`` in."""
+    from nbgrader.utils import determine_grade
+
     start = 0
     while start < len(exercises):
         nb = _grading_notebook(source, student, exercises, start)
-        stopped = _execute(nb, source_path.parent, limit, setup_limit)
+        stopped = _execute(nb, workdir, limit, setup_limit)
         stop = stopped[0] if stopped else len(nb.cells)
         ran: dict[str, list[bool]] = {}
         for cell in nb.cells[:stop]:
@@ -155,7 +170,6 @@ def grade_chapter(source_path: str | Path, student: nbformat.NotebookNode, limit
         after = "the book's solution after " if meta["role"] == "solution" else ""
         grade.notes.append(f"{source_path.name}: {after}exercise {meta['exercise']} {stopped[1]}")
         start = keys.index(meta["exercise"]) + 1
-    return grade
 
 
 def _read_submission(path: Path) -> nbformat.NotebookNode:

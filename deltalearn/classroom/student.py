@@ -5,7 +5,7 @@ from pathlib import Path
 
 import nbformat
 
-from .exercises import chapter_exercises, chapter_number, read_chapter
+from .exercises import MODEL_ANSWER_TAG, chapter_exercises, chapter_number, read_chapter
 
 __all__ = ["student_notebook", "write_student_version"]
 
@@ -21,17 +21,17 @@ def _nbgrader_meta(kind: str, key: str, points: float = 0.0) -> dict:
 def student_notebook(nb: nbformat.NotebookNode, chapter: int) -> nbformat.NotebookNode:
     """A copy of a chapter for students.
 
-    Solution and hidden-test cells are dropped. Every output from the first stub on is cleared,
+    Solution and hidden-test cells are dropped, and so are model answers (markdown cells tagged
+    ``model-answer``), which the web book shows behind a click. Every output from the first stub on is cleared,
     because a later cell may print what a solution computes (the answer without the code).
     Outputs before the exercises stay: they are the chapter's text, and no solution has run yet.
     """
     from nbgrader.preprocessors import ClearOutput
 
     exercises = chapter_exercises(nb, chapter)
-    if not exercises:
-        return nbformat.from_dict(nb)
     drop = {e.solution for e in exercises} | {h for e in exercises for h in e.hidden}
-    first = min(e.stub for e in exercises)
+    drop |= {i for i, c in enumerate(nb.cells) if MODEL_ANSWER_TAG in c.get("metadata", {}).get("tags", [])}
+    first = min((e.stub for e in exercises), default=len(nb.cells))
     roles = {e.stub: ("stub", e) for e in exercises} | {e.check: ("check", e) for e in exercises}
     clear = ClearOutput()
     out = nbformat.from_dict(nb)
