@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # the six-games chapter is 09_six_games before the renumbering and 10_six_games after it
 STANDALONE = ["06_interactive", "08_reproduction", "*_six_games"]
 SETUP_MARK = 'importlib.util.find_spec("deltalearn")'
-# what a chapter must not read: the repository's folders, by any spelling
-REPO_PATHS = re.compile(r"""book/data|["']runs["']|Path\(\s*["']data|["']\.\./|Path\(\s*["']\.\.["']|runs/|Path\(\s*["']runs""")
+# what a chapter must not read: the repository's folders, by any spelling (a "../_static/..." URL in
+# HTML the chapter writes for the web page is no file the kernel reads)
+REPO_PATHS = re.compile(r"""book/data|["']runs["']|Path\(\s*["']data|["']\.\./(?:book|runs|data|deltalearn)\b"""
+                        r"""|Path\(\s*["']\.\.["']|\bruns/|Path\(\s*["']runs""")
 
 
 def _chapter(pattern: str) -> Path:
