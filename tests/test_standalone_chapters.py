@@ -53,6 +53,7 @@ def installed(tmp_path_factory) -> Path:
     return target
 
 
+@pytest.mark.standalone
 @pytest.mark.parametrize("pattern", STANDALONE, ids=lambda p: p.replace("*_", ""))
 def test_a_chapter_copied_alone_runs_beside_the_installed_library(pattern, request, tmp_path, monkeypatch):
     import nbformat
