@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,7 +20,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML = ROOT / "_build" / "html"
+# a book built elsewhere (`jupyter-book build --path-output DIR .`): BOOK_HTML=DIR/_build/html
+HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))
 WIDGETS = ROOT / "book" / "_static" / "widgets"
 WIDGET_SCRIPT = "_static/widgets/embed.js"
 WIDGET_CHAPTERS = ("06_interactive", "08_reproduction")
