@@ -1,9 +1,11 @@
-"""The built book works offline: its pages load scripts from the book only, and saved widgets render.
+"""The built book works offline: its pages load scripts from the book only, saved widgets render,
+and the slider figures of chapters 6 and 8 (Plotly, every step precomputed) work with no kernel.
 
 The widget manager's JavaScript is committed under ``book/_static/widgets`` (see ``SOURCE.txt``
-there) and ``_config.yml`` points the pages at it. The checks on the built HTML need
-``jupyter-book build -W .`` first (CI builds before it tests) and skip without it; the browser
-check also needs Chromium.
+there) and ``_config.yml`` points the pages at it; plotly.js is committed under
+``book/_static/plotly`` and the chapters' figure outputs load it from there. The checks on the
+built HTML need ``jupyter-book build -W .`` first (CI builds before it tests; ``BOOK_HTML`` names
+a book built elsewhere) and skip without it; the browser checks also need Chromium.
 """
 from __future__ import annotations
 
