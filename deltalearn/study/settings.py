@@ -57,7 +57,7 @@ def sweep_thresholds(env: str, layers: int = 5) -> list[Threshold]:
     Every game gets :data:`SWEEP_THRESHOLDS`. A first-person game also gets per-layer
     thresholds that coarsen only the first layer's input (:data:`INPUT_THRESHOLDS`, the
     other ``layers - 1`` weight layers at 0.001), to test whether a coarser threshold on the
-    raw pixels recovers what the busier screen costs (on Robotank it does not: chapter 9).
+    raw pixels recovers what the busier screen costs (on Robotank it does not: chapter 10).
     """
     out: list[Threshold] = list(SWEEP_THRESHOLDS)
     if env in FIRST_PERSON_GAMES:
