@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-DEFAULT_REPRODUCE_OUT = "book/data/reproduce"
+# `deltalearn reproduce` writes into the package's shipped sets by default (in a repository checkout,
+# deltalearn/data/reproduce and deltalearn/data/heldout), the files the chapters read
+DEFAULT_REPRODUCE_OUT = Path(__file__).resolve().parent / "data" / "reproduce"
+DEFAULT_HELDOUT_OUT = DEFAULT_REPRODUCE_OUT.parent / "heldout"
 
 
 def _threshold(text: str) -> float | list[float]:
@@ -187,8 +190,8 @@ def cmd_count(a: argparse.Namespace) -> int:
 def cmd_reproduce(a: argparse.Namespace) -> int:
     from .study.reproduce import reproduce_games
 
-    if a.heldout:  # the reporting episodes get their own folder
-        a.out = a.out if a.out != DEFAULT_REPRODUCE_OUT else "book/data/heldout"
+    if a.out is None:  # the reporting episodes get their own folder
+        a.out = str(DEFAULT_HELDOUT_OUT if a.heldout else DEFAULT_REPRODUCE_OUT)
     _set_threads(a.threads)
     reproduce_games(a.env, a.out, sparsity=a.sparsity, threshold=a.threshold, episodes=a.episodes, seed=a.seed,
                     parts=a.parts, heldout=a.heldout, pruned_checkpoint=a.pruned_checkpoint,
@@ -353,8 +356,9 @@ def _add_reproduce(sub: Any) -> None:
                    "share two cores")
     r.add_argument("--heldout", action="store_true",
                    help="report on the held-out episodes: tables only, 30 episodes from seed 1000 (settings are "
-                   "chosen on seeds 0-9), written to book/data/heldout unless --out says otherwise")
-    r.add_argument("--out", default=DEFAULT_REPRODUCE_OUT)
+                   "chosen on seeds 0-9), written to the package's heldout set unless --out says otherwise")
+    r.add_argument("--out", default=None, help="output folder (default: the package's shipped set, "
+                   "deltalearn/data/reproduce, or deltalearn/data/heldout with --heldout)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--threads", type=int, default=0,
                    help="torch threads (default 0: torch's default); 1 is faster beside a training run")

@@ -1,7 +1,7 @@
 """Counts behind float layers move between machines: dl.counts_close and its tolerance.
 
 The tolerance must pass float noise (oneDNN on and off here; the measurement of
-book/data/count_noise.py across configurations) and fail any real change (a neighbouring
+book/scripts/count_noise.py across configurations) and fail any real change (a neighbouring
 threshold or sparsity of the committed sweeps, one layer's count doubled). Exact kinds of count
 (the first layer, dense counts) must stay exact.
 """
@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ import torch
 
 import deltalearn as dl
 
-DATA = Path(__file__).resolve().parents[1] / "book" / "data"
+DATA = dl.study.book_data()
 LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
 MARGIN = 4  # the tolerance must be this many times inside the noise and the real changes
 
@@ -111,9 +110,9 @@ def test_no_two_grid_cells_are_close():
 
 
 def test_the_committed_measurement_passes_with_a_margin_and_exact_layers_never_moved():
-    """book/data/count_noise.json: every replayed cell in every configuration is close to the
+    """count_noise.json (dl.study.load_count_noise()): every replayed cell in every configuration is close to the
     committed one with the tolerance narrowed MARGIN times; first layers never moved."""
-    measured = json.loads((DATA / "count_noise.json").read_text())["replays"]
+    measured = dl.study.load_count_noise()["replays"]
     assert {"native", "onednn-off", "avx2"} <= set(measured)
     n = 0
     for config, res in measured.items():

@@ -1,12 +1,11 @@
 """The one rule for "the agent at sparsity s": shipped distilled agent, else one-shot pruning."""
-from pathlib import Path
 
 import pytest
 import torch
 
 import deltalearn as dl
 
-BOOK_PRUNED = Path(__file__).resolve().parents[1] / "book" / "data" / "pruned"
+BOOK_PRUNED = dl.study.book_data("pruned")
 
 
 def test_a_shipped_distilled_agent_is_preferred_and_named():

@@ -2,7 +2,6 @@
 import csv
 import re
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,7 +180,7 @@ def test_a_killed_table_resumes_from_its_finished_variants(tmp_path, monkeypatch
 
 
 def test_six_game_summary_of_the_committed_tables():
-    data = Path(__file__).resolve().parents[1] / "book" / "data" / "reproduce"
+    data = dl.study.book_data("reproduce")
     rows = dl.study.six_game_summary(data)
     games = [r["game"] for r in rows]
     assert games == [g for g in dl.study.SIX_GAMES if (data / f"{g}_table.json").exists()] and "Breakout" in games
@@ -207,7 +206,7 @@ def test_first_person_sweeps_add_first_layer_thresholds_only():
 
 
 def test_the_heldout_tables_report_on_episodes_no_choice_saw():
-    data = Path(__file__).resolve().parents[1] / "book" / "data" / "heldout"
+    data = dl.study.book_data("heldout")
     rows = dl.study.six_game_summary(data)
     assert [r["game"] for r in rows] == list(dl.study.SIX_GAMES)  # every game of the summary is reported held out
     committed = json.loads((data / "summary.json").read_text())

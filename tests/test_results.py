@@ -2,7 +2,6 @@
 computed on them is the one the dict-reading code gave."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,7 @@ import pytest
 import deltalearn as dl
 from deltalearn.study import results
 
-DATA = Path(__file__).resolve().parents[1] / "book" / "data"
+DATA = dl.study.book_data()  # the package data the chapters read
 TABLE_DIRS = [DATA / "reproduce", DATA / "heldout"]
 TABLES = sorted(p for d in TABLE_DIRS for p in d.glob("*_table.json"))
 SWEEPS = sorted((DATA / "reproduce").glob("*_sweep.json"))
@@ -132,8 +131,8 @@ def test_the_sweep_lookup_names_what_the_sweep_has():
 def test_a_missing_result_is_named_with_what_is_there(tmp_path):
     with pytest.raises(FileNotFoundError, match="no table at .*Pong_table.json; .* holds BattleZone_table.json"):
         dl.load_table("Pong", DATA / "heldout")
-    with pytest.raises(ValueError, match="give the directory"):
-        dl.load_table("Breakout")
+    with pytest.raises(FileNotFoundError, match="no folder .*nowhere.*shipped set"):
+        dl.load_table("Breakout", tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no sweeps"):
         dl.load_sweep("Breakout", tmp_path)
     with pytest.raises(FileNotFoundError, match="no summary"):

@@ -5,9 +5,10 @@ from .pruned_agents import *  # noqa: F401,F403
 from .results import *  # noqa: F401,F403
 from .reproduce import *  # noqa: F401,F403
 from .settings import *  # noqa: F401,F403
+from .shipped import *  # noqa: F401,F403
 from .stats import *  # noqa: F401,F403
 from .workers import *  # noqa: F401,F403
-from . import heldout, pruned_agents, reproduce, results, settings, stats, workers
+from . import heldout, pruned_agents, reproduce, results, settings, shipped, stats, workers
 
-__all__ = (heldout.__all__ + pruned_agents.__all__ + results.__all__ + reproduce.__all__ + settings.__all__ + stats.__all__
+__all__ = (heldout.__all__ + pruned_agents.__all__ + results.__all__ + reproduce.__all__ + settings.__all__ + shipped.__all__ + stats.__all__
            + workers.__all__)

@@ -50,8 +50,8 @@ def agent_at(env: str, sparsity: float, directory: str | os.PathLike | None = No
     """``env``'s agent at ``sparsity``: the shipped distilled one if it exists, else one-shot pruning.
 
     ``directory`` is where the agents and their manifest are (the package's shipped agents by
-    default; the book keeps CartPole's pruned agents in ``book/data/pruned``: pass it and the
-    dense agent still comes from the package). ``one_shot=True`` skips the shipped distilled
+    default; CartPole's distilled agents ship as book data: pass
+    ``directory=dl.study.book_data("pruned")`` and the dense agent still comes from the package). ``one_shot=True`` skips the shipped distilled
     agent, to show what pruning alone keeps.
     """
     s = check_sparsity(sparsity)

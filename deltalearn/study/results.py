@@ -23,6 +23,7 @@ from ..core.counting import LayerCount, MultiplicationReport, count_weights
 from ..store.agents import agent_names, agent_record, load_agent
 from .pruned_agents import agent_at
 from .settings import SIX_GAMES
+from .shipped import SHIPPED_SETS, shipped_set
 from .stats import PairedDifference, paired_difference
 
 __all__ = ["Threshold", "VariantResult", "GameTable", "load_table", "load_tables", "load_sweep", "sweep_cell",
@@ -159,42 +160,50 @@ class GameTable:
                    d.get("max_steps"))
 
 
-def _result_path(env: PathLike, directory: PathLike | None, kind: str) -> Path:
-    """``directory/<env>_<kind>.json``, or ``env`` itself when it is a path to a JSON file."""
-    if directory is None:
+def _result_path(env: PathLike, root: PathLike, kind: str) -> Path:
+    """``<root>/<env>_<kind>.json``, or ``env`` itself when it is a path to a JSON file."""
+    if str(env).endswith(".json"):
         path = Path(env)
-        if path.suffix != ".json":
-            raise ValueError(f"give the directory the {kind}s are in (load_{kind}({str(env)!r}, directory)) "
-                             f"or the path of a {kind}'s JSON file, got {str(env)!r}")
     else:
-        path = Path(directory) / f"{env}_{kind}.json"
+        path = shipped_set(root) / f"{env}_{kind}.json"
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"no folder {path.parent} for the {kind}; root is a shipped set "
+                                f"({', '.join(map(repr, SHIPPED_SETS))}) or an existing folder")
     if not path.exists():
-        there = sorted(p.name for p in path.parent.glob(f"*_{kind}.json")) if path.parent.is_dir() else []
+        there = sorted(p.name for p in path.parent.glob(f"*_{kind}.json"))
         raise FileNotFoundError(f"no {kind} at {path}; {path.parent} holds " + (", ".join(there) or f"no {kind}s"))
     return path
 
 
-def load_table(env: PathLike, directory: PathLike | None = None) -> GameTable:
-    """``env``'s table in ``directory`` (``<env>_table.json``), or the table at path ``env``."""
-    return GameTable.from_dict(json.loads(_result_path(env, directory, "table").read_text()))
+def load_table(env: PathLike, root: PathLike = "heldout") -> GameTable:
+    """``env``'s table (``<env>_table.json``) in ``root``, or the table at path ``env`` (a ``.json`` file).
+
+    ``root`` is a shipped set (``"heldout"``, the reported tables on 30 held-out episodes, or
+    ``"reproduce"``, the tables that chose the settings on seeds 0-9) or a folder path, e.g. the
+    ``--out`` of ``deltalearn reproduce``.
+    """
+    return GameTable.from_dict(json.loads(_result_path(env, root, "table").read_text()))
 
 
-def load_tables(directory: PathLike) -> dict[str, GameTable]:
-    """Every table in ``directory``: the paper's six games in :data:`SIX_GAMES` order, then any other."""
-    found = {p.name[: -len("_table.json")] for p in Path(directory).glob("*_table.json")}
+def load_tables(root: PathLike = "heldout") -> dict[str, GameTable]:
+    """Every table in ``root`` (a shipped set or a folder, as in :func:`load_table`): the paper's six
+    games in :data:`SIX_GAMES` order, then any other."""
+    folder = shipped_set(root)
+    found = {p.name[: -len("_table.json")] for p in folder.glob("*_table.json")}
     order = [g for g in SIX_GAMES if g in found] + sorted(found - set(SIX_GAMES))
-    return {g: load_table(g, directory) for g in order}
+    return {g: load_table(g, folder) for g in order}
 
 
-def load_sweep(env: PathLike, directory: PathLike | None = None) -> pd.DataFrame:
-    """``env``'s sweep in ``directory`` (``<env>_sweep.json``, or the sweep at path ``env``), one row a cell.
+def load_sweep(env: PathLike, root: PathLike = "reproduce") -> pd.DataFrame:
+    """``env``'s sweep (``<env>_sweep.json``) in ``root``, or the sweep at path ``env``, one row a cell.
 
+    ``root`` is a shipped set (``"reproduce"``, where the sweeps ship) or a folder path.
     ``threshold`` is decoded: ``None`` (no delta network), a float, or a tuple with one number per
     layer. Two columns make rows easy to select and sort: ``per_layer`` (the threshold is a tuple)
     and ``first_layer_threshold`` (the threshold on the network's input, NaN with no delta network).
     ``attrs["env"]`` names the game. :func:`sweep_cell` finds one cell.
     """
-    path = _result_path(env, directory, "sweep")
+    path = _result_path(env, root, "sweep")
     df = pd.DataFrame(json.loads(path.read_text()))
     df["threshold"] = pd.Series([_threshold(t) for t in df["threshold"]], index=df.index, dtype=object)
     df["per_layer"] = [isinstance(t, tuple) for t in df["threshold"]]
@@ -300,12 +309,16 @@ def six_game_summary(directory: PathLike) -> list[dict[str, Any]]:
     A table written before tables recorded ``pruned_weights_reduction`` gets it from the shipped
     pruned agent it names (or, failing that, from the dense agent pruned one-shot).
     """
-    return [summary_row(t, _pruned_weights(t)) for g, t in load_tables(directory).items() if g in SIX_GAMES]
+    tables = load_tables(Path(directory))  # a folder that was written, never a shipped set's name
+    return [summary_row(t, _pruned_weights(t)) for g, t in tables.items() if g in SIX_GAMES]
 
 
-def load_summary(directory: PathLike) -> pd.DataFrame:
-    """The committed summary in ``directory`` (``summary.json``), one row per game, thresholds decoded."""
-    path = Path(directory) / "summary.json"
+def load_summary(root: PathLike = "heldout") -> pd.DataFrame:
+    """The summary (``summary.json``) in ``root``, one row per game, thresholds decoded.
+
+    ``root`` is a shipped set (``"heldout"``, the reported one, or ``"reproduce"``) or a folder path.
+    """
+    path = shipped_set(root) / "summary.json"
     if not path.exists():
         raise FileNotFoundError(f"no summary at {path}; 'deltalearn reproduce' writes one beside the tables")
     df = pd.DataFrame(json.loads(path.read_text()))

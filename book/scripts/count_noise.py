@@ -3,19 +3,19 @@ and how far a real change moves them: the data behind ``dl.core.COUNT_RTOL`` and
 
 Run from the repository root (the default cells take about half an hour on 2 busy CPU cores):
 
-    python book/data/count_noise.py --jobs 3                  # every game, every configuration
-    python book/data/count_noise.py --games Breakout          # one game: a few minutes
-    python book/data/count_noise.py --summary-only            # no replays: the summary again
+    python book/scripts/count_noise.py --jobs 3                  # every game, every configuration
+    python book/scripts/count_noise.py --games Breakout          # one game: a few minutes
+    python book/scripts/count_noise.py --summary-only            # no replays: the summary again
 
-It writes, next to this file, ``count_noise.json`` (every replayed count, and the summary) and
-``count_noise.md`` (the summary tables, quoted in chapter 3 and in ``deltalearn/counting.py``).
+It writes, into the package's data folder (``deltalearn/data/``), ``count_noise.json`` (every
+replayed count, and the summary) and ``count_noise.md`` (the summary tables, quoted in chapter 3 and in ``deltalearn/counting.py``).
 A run with ``--games`` replaces those games in the files and keeps the others. The committed files
 come from ``--jobs 3``, then ``--games SpaceInvaders Breakout Robotank --full --jobs 3``.
 
 **Noise.** Each game's recorded episode (``dl.load_trajectory(game)``) is replayed at some cells
-of its committed sweep (``book/data/reproduce/<game>_sweep.json``; see :func:`cells`), exactly as
+of its committed sweep (``deltalearn/data/reproduce/<game>_sweep.json``; see :func:`cells`), exactly as
 ``dl.study.reproduce_sweep`` made them. CartPole's recorded episode is replayed at every cell of
-chapter 6's grid (``book/data/grid.csv``, made by ``make_grid.py``). Each configuration runs in
+chapter 6's grid (``deltalearn/data/grid.csv``, made by ``make_grid.py``). Each configuration runs in
 its own child process whose environment is set before torch loads:
 
 * ``native``: torch's defaults on this CPU (oneDNN on);
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -45,7 +46,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+# the files live in the package's data folder, where the chapters read them (dl.study.book_data);
+# found without importing deltalearn, which the workers import under their own configuration
+HERE = Path(importlib.util.find_spec("deltalearn").submodule_search_locations[0]) / "data"
 SWEEPS = HERE / "reproduce"
 GRID_CSV = HERE / "grid.csv"
 PRUNED_DIR = HERE / "pruned"
@@ -291,10 +294,10 @@ def summarise(replays: dict[str, dict]) -> dict:
 def markdown(summary: dict) -> str:
     configs = ", ".join(f"`{c}`" for c in summary["configs"])
     lines = ["# Count noise: replayed counts against the committed ones", "",
-             "Written by `python book/data/count_noise.py`. Per layer: the largest relative deviation "
+             "Written by `python book/scripts/count_noise.py`. Per layer: the largest relative deviation "
              "|replayed - committed| / committed over the replayed cells and the configurations "
              f"{configs}, and in brackets the largest absolute deviation in products. Atari: "
-             "committed sweeps `book/data/reproduce/<game>_sweep.json`; CartPole: `book/data/grid.csv`.", "",
+             "committed sweeps `deltalearn/data/reproduce/<game>_sweep.json`; CartPole: `deltalearn/data/grid.csv`.", "",
              "| game | cells | layer: relative (absolute) |", "|---|---:|---|"]
     for game, layers in summary["noise_per_layer"].items():
         lines.append(f"| {game} | {summary['cells_replayed'][game]} | "

@@ -2,9 +2,9 @@
 
 Run from the repository root (a few minutes on 2 CPU cores):
 
-    python book/data/make_grid.py
+    python book/scripts/make_grid.py
 
-It writes, next to this file:
+It writes, into the package's data folder (``deltalearn/data/``, read by ``dl.study.book_data``):
 
 * ``pruned/``: the CartPole agent pruned gradually to sparsity 0.3, 0.5, 0.7, 0.8 and 0.9 by the
   library's :func:`deltalearn.rl.prune_and_distill` (magnitude pruning per layer, each stage
@@ -19,21 +19,21 @@ It writes, next to this file:
   always ``dl.study.agent_at``'s: the shipped distilled agent (fine-tuned), or with
   ``one_shot=True`` the dense agent pruned in one shot.
 
-The chapter reads these files and re-checks one grid cell live. ``book/data/count_noise.py``
-replays every grid cell too: re-run ``python book/data/count_noise.py --games CartPole-v1``
+The chapter reads these files (``dl.study.load_grid``, ``dl.study.book_data("pruned")``) and re-checks one grid cell live. ``book/scripts/count_noise.py``
+replays every grid cell too: re-run ``python book/scripts/count_noise.py --games CartPole-v1``
 after regenerating the grid.
 """
 from __future__ import annotations
 
 import csv
 import time
-from pathlib import Path
 
 import torch
 
 import deltalearn as dl
 
-HERE = Path(__file__).resolve().parent
+# the files live in the package's data folder, where the chapters read them (dl.study.book_data)
+HERE = dl.study.book_data()
 PRUNED_DIR = HERE / "pruned"
 GRID_CSV = HERE / "grid.csv"
 ENV = "CartPole-v1"
@@ -62,7 +62,7 @@ def make_pruned() -> None:
             "made_with": "deltalearn.rl.prune_and_distill",
             "config": {"sparsity": s, "distill": DISTILL.to_dict()},
             "stage": next(h for h in history if h["sparsity"] == s), "seed": DISTILL.seed,
-            "made_by": "book/data/make_grid.py"}, directory=PRUNED_DIR)
+            "made_by": "book/scripts/make_grid.py"}, directory=PRUNED_DIR)
 
 
 def networks() -> dict[str, dict[float, torch.nn.Module]]:
