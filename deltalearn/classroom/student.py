@@ -21,8 +21,9 @@ def _nbgrader_meta(kind: str, key: str, points: float = 0.0) -> dict:
 def student_notebook(nb: nbformat.NotebookNode, chapter: int) -> nbformat.NotebookNode:
     """A copy of a chapter for students.
 
-    Solution and hidden-test cells are dropped, and so are model answers (markdown cells tagged
-    ``model-answer``), which the web book shows behind a click. Every output from the first stub on is cleared,
+    Solution and hidden-test cells are dropped, and so are model answers (cells tagged
+    ``model-answer``: the dropdown text and any hidden cell computing its numbers), which the web
+    book shows behind a click. Every output from the first stub on is cleared,
     because a later cell may print what a solution computes (the answer without the code).
     Outputs before the exercises stay: they are the chapter's text, and no solution has run yet.
     """
