@@ -1,0 +1,329 @@
+"""The sparse backend of :class:`~deltalearn.core.delta.DeltaNetwork`: work that grows with the changes sent.
+
+The dense-backed delta network runs a full conv2d / linear on a mostly-zero delta, so it does as
+much work as the dense network (more, counting the bookkeeping). This engine does the same update
+with kernels compiled by numba that touch only the sent changes:
+
+* a *select* pass compares each layer input with its reference, moves the reference by what is
+  sent (drift-free, exactly as the dense path does) and lists the sent changes per row, summing
+  their precomputed fan-outs (the significant products each sent change takes part in), so
+  counting is one addition per sent change;
+* a *scatter* pass adds each sent change times its weight slice to the accumulated
+  pre-activations ``z`` it touches: for a conv layer a 64-wide axpy per kernel position into the
+  outputs the input feeds (``z`` is kept channels-last so that axpy is contiguous), for a linear
+  layer the sent weight columns.
+
+When a layer sends more than its ``crossover`` share of its inputs, the scatter loses to a dense
+pass, so the delta is rebuilt from the list and applied with torch instead. The rest of the network
+(preprocessing, activations, pooling, flattening) runs as torch operations of the traced chain, so
+any network the chain supports is served, with Conv2d (zero padding, no groups) and Linear layers
+in float32.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit
+from torch import nn
+
+if TYPE_CHECKING:
+    from .delta import DeltaNetwork
+
+__all__ = ["SparseEngine", "DEFAULT_CROSSOVER", "check_sparse_layer"]
+
+DEFAULT_CROSSOVER: dict[str, float] = {"conv": 0.25, "linear": 0.5}
+"""Sent share of a layer's inputs above which a dense pass of the delta is cheaper than the scatter
+(measured on the Nature DQN's layers at batch 1, one thread; see NOTES-issue14.md)."""
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _mark(x, xref, b, th, over):  # pragma: no cover - compiled
+    """``over[i] = |x[b, i] - xref[b, i]| > th``: a branch-free pass the compiler vectorises."""
+    for i in range(x.shape[1]):
+        over[i] = abs(x[b, i] - xref[b, i]) > th
+
+
+@njit(cache=True, nogil=True)
+def _select(x, xref, fresh, th, drift_free, fanout, over, idx, val, n_sent, counts):  # pragma: no cover
+    """Per row: send ``d = x - xref`` where ``|d| > th`` (all of a fresh row), list it, move ``xref``.
+
+    ``over`` is a byte scratch of at least ``n`` rounded up to 8: marked in one vectorised pass,
+    then scanned eight bytes at a time, so the rare changes cost and the quiet inputs almost not.
+    """
+    rows, n = x.shape
+    words = over.view(np.uint64)
+    for b in range(rows):
+        over[:] = 0
+        if fresh[b]:
+            over[:n] = 1
+        else:
+            _mark(x, xref, b, th, over)
+        m = 0
+        c = 0
+        for w in range(words.shape[0]):
+            if words[w] == 0:
+                continue
+            for i in range(8 * w, min(8 * w + 8, n)):
+                if over[i]:
+                    d = x[b, i] - xref[b, i]
+                    if d != 0.0:
+                        idx[b, m] = i
+                        val[b, m] = d
+                        m += 1
+                        c += fanout[i]
+                    if drift_free:
+                        xref[b, i] = xref[b, i] + d
+        if not drift_free:
+            xref[b, :] = x[b, :]
+        n_sent[b] = m
+        counts[b] = c
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _scatter_linear(wt, idx, val, n_sent, dz, z):  # pragma: no cover - compiled
+    """``z[b] += sum of val * wt[i]`` over the sent ``(i, val)``; ``wt`` is the weight transposed (in, out).
+
+    The step's products are summed in ``dz`` first and added to ``z`` once, as the dense path does:
+    changes that cancel exactly then leave ``z`` exactly as it was (and the counts at threshold 0
+    equal the dense path's).
+    """
+    out = wt.shape[1]
+    for b in range(z.shape[0]):
+        if n_sent[b] == 0:
+            continue
+        dz[:] = 0.0
+        for s in range(n_sent[b]):
+            wi = wt[idx[b, s]]
+            d = val[b, s]
+            for o in range(out):
+                dz[o] += d * wi[o]
+        for o in range(out):
+            z[b, o] += dz[o]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _scatter_conv(w, dims, strides, ytab, ny, xtab, nx, idx, val, n_sent, dz, touched, z):  # pragma: no cover
+    """Each sent input change times its weight slice ``w[c, ky, kx, :]`` into every output it feeds.
+
+    The input element at flat index ``i`` (in the layout of ``strides``: ``c, y, x`` step by
+    ``strides``, sizes ``dims``) feeds output row ``ytab[y, j, 1]`` through kernel row
+    ``ytab[y, j, 0]`` for ``j < ny[y]`` (likewise for columns): tables built once, so the loop
+    does no division. Products are summed in ``dz`` and added to ``z`` once per touched output.
+    """
+    cin, h, wd = dims[0], dims[1], dims[2]
+    sc, sy, sx = strides[0], strides[1], strides[2]
+    ho, wo = z.shape[1], z.shape[2]
+    for b in range(z.shape[0]):
+        for s in range(n_sent[b]):
+            i = idx[b, s]
+            d = val[b, s]
+            c = (i // sc) % cin
+            y = (i // sy) % h
+            x = (i // sx) % wd
+            for jy in range(ny[y]):
+                ky = ytab[y, jy, 0]
+                oy = ytab[y, jy, 1]
+                for jx in range(nx[x]):
+                    kx = xtab[x, jx, 0]
+                    ox = xtab[x, jx, 1]
+                    acc = dz[oy, ox]
+                    if not touched[oy, ox]:
+                        touched[oy, ox] = True
+                        acc[:] = 0.0
+                    wrow = w[c, ky, kx]
+                    for o in range(acc.shape[0]):
+                        acc[o] += d * wrow[o]
+        for oy in range(ho):
+            for ox in range(wo):
+                if touched[oy, ox]:
+                    touched[oy, ox] = False
+                    zo = z[b, oy, ox]
+                    acc = dz[oy, ox]
+                    for o in range(zo.shape[0]):
+                        zo[o] += acc[o]
+
+
+def _taps(size: int, out: int, k: int, stride: int, pad: int, dil: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per input coordinate, the (kernel tap, output coordinate) pairs it feeds along one axis."""
+    tab = np.zeros((size, k, 2), dtype=np.int64)
+    n = np.zeros(size, dtype=np.int64)
+    for y in range(size):
+        for ky in range(k):
+            t = y + pad - ky * dil
+            if t >= 0 and t % stride == 0 and t // stride < out:
+                tab[y, n[y]] = (ky, t // stride)
+                n[y] += 1
+    return tab, n
+
+
+def check_sparse_layer(name: str, m: nn.Module, weight: torch.Tensor) -> None:
+    """Raise a one-line error if the sparse backend cannot serve weight layer ``name``."""
+    hint = 'use backend="dense"'
+    if weight.dtype != torch.float32:
+        raise TypeError(f"backend='sparse' needs float32 weights; layer {name} has {weight.dtype}: {hint}")
+    if weight.device.type != "cpu":
+        raise TypeError(f"backend='sparse' runs on the CPU; layer {name} is on {weight.device}: {hint}")
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1 or isinstance(m.padding, str) or m.padding_mode != "zeros":
+            raise TypeError(f"backend='sparse' supports Conv2d with groups=1 and numeric zero padding; layer "
+                            f"{name} has groups={m.groups}, padding={m.padding!r}, "
+                            f"padding_mode={m.padding_mode!r}: {hint}")
+    elif not isinstance(m, nn.Linear):
+        raise TypeError(f"backend='sparse' supports Conv2d and Linear; layer {name} is "
+                        f"{type(m).__name__}: {hint}")
+
+
+class _Layer:
+    """One weight layer's state and kernels' arguments for a batch of streams."""
+
+    def __init__(self, m: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None,
+                 in_shape: tuple[int, ...], rows: int, crossover: float) -> None:
+        self.module = m
+        self.conv = isinstance(m, nn.Conv2d)
+        self.weight = weight
+        self.crossover = crossover
+        wm = (weight != 0).to(torch.float32)
+        if self.conv:
+            c, h, w = in_shape
+            self.dims = np.array([c, h, w], dtype=np.int64)
+            self.args = dict(stride=m.stride, padding=m.padding, dilation=m.dilation)
+            # weight slices (in, kh, kw, out): the scatter's inner loop over outputs is contiguous
+            self.w = np.ascontiguousarray(weight.permute(1, 2, 3, 0).numpy())
+            # fan-out of input element i: the non-zero weights it meets over all outputs, i.e. the
+            # gradient of sum(conv(x, mask(W))) with respect to x (exact small integers)
+            probe = torch.zeros(1, c, h, w, requires_grad=True)
+            with torch.enable_grad():
+                F.conv2d(probe, wm, **self.args).sum().backward()
+            self.fan_chw = probe.grad[0].round().to(torch.int64)
+            fan = self.fan_chw  # reordered when the first input shows its memory layout
+            ho, wo = F.conv2d(torch.zeros(1, c, h, w), weight, **self.args).shape[2:]
+            (kh, kw), (st_y, st_x) = m.kernel_size, m.stride
+            (p_y, p_x), (d_y, d_x) = m.padding, m.dilation
+            self.ytab, self.ny = _taps(h, ho, kh, st_y, p_y, d_y)
+            self.xtab, self.nx = _taps(w, wo, kw, st_x, p_x, d_x)
+            self.channels_last: bool | None = None
+            self.strides = np.zeros(3, dtype=np.int64)
+            z0 = torch.zeros(rows, ho, wo, weight.shape[0])  # channels-last: (rows, ho, wo, out)
+        else:
+            self.w = np.ascontiguousarray(weight.t().numpy())
+            fan = wm.sum(dim=0).round().to(torch.int64)
+            z0 = torch.zeros(rows, weight.shape[0])
+        self.fanout = fan.flatten().numpy().copy()
+        n = int(self.fanout.shape[0])
+        self.bias = np.zeros(z0.shape[1:], dtype=np.float32) if bias is None else \
+            np.broadcast_to(bias.numpy(), z0.shape[1:]).copy()
+        self.z = z0.numpy()
+        self.z[:] = self.bias
+        self.xref = np.zeros((rows, n), dtype=np.float32)
+        self.over = np.zeros(-(-n // 8) * 8, dtype=np.uint8)
+        self.idx = np.zeros((rows, n), dtype=np.int64)
+        self.val = np.zeros((rows, n), dtype=np.float32)
+        self.n_sent = np.zeros(rows, dtype=np.int64)
+        self.counts = np.zeros(rows, dtype=np.int64)
+        self.dz = np.zeros(self.z.shape[1:], dtype=np.float32)  # one row's sum of products (scratch)
+        self.touched = np.zeros(self.z.shape[1:3], dtype=np.bool_) if self.conv else None
+
+    def _set_layout(self, channels_last: bool) -> None:
+        """Keep a conv layer's references in the memory order its inputs arrive in (no copy per step)."""
+        c, h, w = (int(v) for v in self.dims)
+        self.channels_last = channels_last
+        fan = self.fan_chw.permute(1, 2, 0) if channels_last else self.fan_chw
+        self.fanout = fan.flatten().numpy().copy()
+        self.strides[:] = (1, w * c, c) if channels_last else (h * w, w, 1)
+
+    def flat_input(self, x: torch.Tensor) -> np.ndarray:
+        """The input as (rows, n) float32 in the layer's reference order (a view when it already is)."""
+        if x.dtype != torch.float32:
+            raise TypeError(f"backend='sparse' needs float32 layer inputs, got {x.dtype}: use backend=\"dense\"")
+        if self.conv:
+            if self.channels_last is None:
+                self._set_layout(not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
+            if self.channels_last:
+                x = x.permute(0, 2, 3, 1)
+        return x.contiguous().numpy().reshape(x.shape[0], -1)
+
+    def step(self, x: torch.Tensor, fresh: np.ndarray, th: float, drift_free: bool) -> torch.Tensor:
+        """Send this step's changes, update ``z`` and return it (a copy) in the layer's output layout."""
+        if fresh.any():
+            self.xref[fresh] = 0
+            self.z[fresh] = self.bias
+        _select(self.flat_input(x), self.xref, fresh, np.float32(th), drift_free, self.fanout, self.over,
+                self.idx, self.val, self.n_sent, self.counts)
+        rows, n = self.xref.shape
+        if self.n_sent.sum() > self.crossover * rows * n:
+            self._dense_delta(rows, n)
+        elif self.conv:
+            _scatter_conv(self.w, self.dims, self.strides, self.ytab, self.ny, self.xtab, self.nx,
+                          self.idx, self.val, self.n_sent, self.dz, self.touched, self.z)
+        else:
+            _scatter_linear(self.w, self.idx, self.val, self.n_sent, self.dz, self.z)
+        out = torch.from_numpy(self.z.copy())
+        return out.permute(0, 3, 1, 2) if self.conv else out
+
+    def _dense_delta(self, rows: int, n: int) -> None:
+        """Many changes: rebuild the delta from the lists and apply it with one dense torch pass."""
+        d = np.zeros((rows, n), dtype=np.float32)
+        for b in range(rows):
+            k = self.n_sent[b]
+            d[b, self.idx[b, :k]] = self.val[b, :k]
+        dt = torch.from_numpy(d)
+        if self.conv:
+            c, h, w = (int(v) for v in self.dims)
+            dt = dt.view(rows, h, w, c).permute(0, 3, 1, 2) if self.channels_last else dt.view(rows, c, h, w)
+            self.z += F.conv2d(dt, self.weight, **self.args).permute(0, 2, 3, 1).numpy()
+        else:
+            self.z += F.linear(dt, self.weight).numpy()
+
+
+class SparseEngine:
+    """The sparse state and step of one :class:`~deltalearn.core.delta.DeltaNetwork`."""
+
+    def __init__(self, owner: "DeltaNetwork", crossover: float | None = None) -> None:
+        for name, m, w in zip(owner.names, owner.chain.weights, owner.weights):
+            check_sparse_layer(name, m, w)
+        if crossover is not None and not 0.0 <= float(crossover) <= 1.0:
+            raise ValueError(f"crossover must be a share of a layer's inputs in [0, 1] (or None for the "
+                             f"measured default), got {crossover!r}")
+        self.owner = owner
+        self.crossover = crossover
+        self.layers: list[_Layer] = []
+        self.fresh: np.ndarray | None = None
+
+    def reset(self, rows: "torch.Tensor | list[int] | None" = None) -> None:
+        if rows is None or self.fresh is None:
+            self.layers, self.fresh = [], None
+            return
+        r = np.asarray(torch.as_tensor(rows))
+        self.fresh[np.flatnonzero(r) if r.dtype == bool else r] = True
+
+    def _init_state(self, obs: torch.Tensor) -> None:
+        o = self.owner
+        shapes = o.chain.input_shapes(obs[:1])
+        rows = int(obs.shape[0])
+        self.layers = []
+        for m, w, b, shape in zip(o.chain.weights, o.weights, o.biases, shapes):
+            kind = "conv" if isinstance(m, nn.Conv2d) else "linear"
+            cross = DEFAULT_CROSSOVER[kind] if self.crossover is None else self.crossover
+            self.layers.append(_Layer(m, w, b, shape, rows, cross))
+        self.fresh = np.ones(rows, dtype=bool)
+
+    @torch.no_grad()
+    def forward(self, obs: torch.Tensor, count: bool = True) -> torch.Tensor:
+        o = self.owner
+        if self.fresh is None:
+            self._init_state(obs)
+        elif obs.shape[0] != self.fresh.shape[0]:
+            raise ValueError(f"batch of {obs.shape[0]} observations, but the delta state holds "
+                             f"{self.fresh.shape[0]} streams; call reset() to start over")
+        fresh = self.fresh
+
+        def delta_layer(k: int, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return self.layers[k].step(x, fresh, o.thresholds[k], o.drift_free)
+
+        out = o.chain.run(obs, delta_layer)
+        self.fresh = np.zeros_like(fresh)
+        o.last_counts = torch.from_numpy(np.stack([l.counts for l in self.layers], axis=1)) if count else None
+        return out
