@@ -1,8 +1,10 @@
 """Time the sparse delta engine against the best dense torch forward (issue 14, first measurement).
 
-One thread, batch 1, the first ``--steps`` steps of the game's recorded episode. Each round replays
+One thread, batch ``--batch`` (default 1), the first ``--steps`` steps of the game's recorded episode. Each round replays
 those steps through every variant in turn (interleaved, so machine noise hits all of them alike);
-the figure per variant is the median over rounds of its ms per decision.
+the figure per variant is the median over rounds of its ms per decision (a step of batch B makes
+B decisions). Also prints the greedy-action agreement and max |dQ| of the sparse engine against the
+dense-backed delta network over the same steps.
 
     PYTHONPATH=$PWD python book/data/sparse_bench.py --agent Breakout-pruned-0.79 --threshold 0.001
 """
@@ -63,13 +65,21 @@ def main() -> None:
         for name, run in variants.items():
             t0 = time.perf_counter()
             run()
-            times[name].append((time.perf_counter() - t0) * 1e3 / a.steps)
+            times[name].append((time.perf_counter() - t0) * 1e3 / (a.steps * a.batch))  # per decision
     med = {k: statistics.median(v) for k, v in times.items()}
+    ref, sparse = dl.DeltaNetwork(net, a.threshold), dl.DeltaNetwork(net, a.threshold, backend="sparse")
+    agree, worst = 0, 0.0
+    for x in steps:
+        q_ref, q = ref(x, count=False), sparse(x, count=False)
+        agree += int((q_ref.argmax(1) == q.argmax(1)).sum())
+        worst = max(worst, float((q_ref - q).abs().max()))
     best = min(med["dense torch"], med["dense torch, inference_mode + channels_last"])
     print(f"{a.agent} threshold {a.threshold} batch {a.batch}, {a.steps} steps x {a.rounds} rounds, 1 thread")
     print("| variant | ms per decision | speed-up vs best dense |\n|---|---|---|")
     for k, v in med.items():
         print(f"| {k} | {v:.3f} | {best / v:.2f}x |")
+    print(f"sparse vs dense-backed delta: greedy actions equal on {agree} of {a.steps * a.batch} decisions, "
+          f"max |dQ| {worst:.1e}")
 
 
 if __name__ == "__main__":

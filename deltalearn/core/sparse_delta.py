@@ -34,52 +34,67 @@ if TYPE_CHECKING:
 
 __all__ = ["SparseEngine", "DEFAULT_CROSSOVER", "check_sparse_layer"]
 
-DEFAULT_CROSSOVER: dict[str, float] = {"conv": 0.25, "linear": 0.5}
-"""Sent share of a layer's inputs above which a dense pass of the delta is cheaper than the scatter
-(measured on the Nature DQN's layers at batch 1, one thread; see NOTES-issue14.md)."""
+DEFAULT_CROSSOVER: dict[str, float] = {"conv": 0.2, "linear": 1.0}
+"""Sent share of a layer's inputs above which a dense pass of the delta is cheaper than the scatter.
+
+Measured by ``book/data/sparse_crossover.py`` on Breakout-pruned-0.79's layers at batch 1, one
+thread (NOTES-issue14.md): the scatter lost from 0.2 (conv1), 0.3 (conv2) and 0.5 (conv3) of the
+inputs sent; fc1 and fc2 never lost, even with every input sent. The lowest conv figure is taken so
+that no conv layer runs slower than its dense pass."""
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _mark(x, xref, b, th, over):  # pragma: no cover - compiled
-    """``over[i] = |x[b, i] - xref[b, i]| > th``: a branch-free pass the compiler vectorises."""
-    for i in range(x.shape[1]):
-        over[i] = abs(x[b, i] - xref[b, i]) > th
+def _mark(x, xref, th, over):  # pragma: no cover - compiled
+    """``over[i] = |x[i] - xref[i]| > th``: a branch-free pass the compiler vectorises."""
+    for i in range(x.shape[0]):
+        over[i] = abs(x[i] - xref[i]) > th
+
+
+@njit(cache=True, nogil=True)
+def _select_row(x, xref, fresh, th, drift_free, fanout, over, idx, val):  # pragma: no cover - compiled
+    """One stream: send ``d = x - xref`` where ``|d| > th`` (everything when ``fresh``), list the
+    non-zero sent changes in ``idx``/``val``, move ``xref`` by them; returns (number sent, products).
+
+    ``over`` is a byte scratch of ``n`` rounded up to 8 (its tail stays 0): marked in one
+    vectorised pass, then read eight bytes at a time, so quiet stretches cost one test. Inside a
+    word with a change the listing is branch-free (write, then advance by 0 or 1).
+    """
+    n = x.shape[0]
+    if fresh:
+        over[:n] = 1
+    else:
+        _mark(x, xref, th, over)
+    words = over.view(np.uint64)
+    m = 0
+    c = 0
+    for w in range(words.shape[0]):
+        if words[w] == 0:
+            continue
+        for i in range(8 * w, min(8 * w + 8, n)):
+            d = x[i] - xref[i]
+            sent = over[i] != 0
+            idx[m] = i
+            val[m] = d
+            keep = np.int64(sent and d != 0.0)
+            m += keep
+            c += fanout[i] * keep
+            if sent and drift_free:
+                xref[i] = xref[i] + d
+    if not drift_free:
+        xref[:] = x
+    return m, c
 
 
 @njit(cache=True, nogil=True)
 def _select(x, xref, fresh, th, drift_free, fanout, over, idx, val, n_sent, counts):  # pragma: no cover
-    """Per row: send ``d = x - xref`` where ``|d| > th`` (all of a fresh row), list it, move ``xref``.
-
-    ``over`` is a byte scratch of at least ``n`` rounded up to 8: marked in one vectorised pass,
-    then scanned eight bytes at a time, so the rare changes cost and the quiet inputs almost not.
-    """
-    rows, n = x.shape
-    words = over.view(np.uint64)
-    for b in range(rows):
-        over[:] = 0
-        if fresh[b]:
-            over[:n] = 1
-        else:
-            _mark(x, xref, b, th, over)
-        m = 0
-        c = 0
-        for w in range(words.shape[0]):
-            if words[w] == 0:
-                continue
-            for i in range(8 * w, min(8 * w + 8, n)):
-                if over[i]:
-                    d = x[b, i] - xref[b, i]
-                    if d != 0.0:
-                        idx[b, m] = i
-                        val[b, m] = d
-                        m += 1
-                        c += fanout[i]
-                    if drift_free:
-                        xref[b, i] = xref[b, i] + d
-        if not drift_free:
-            xref[b, :] = x[b, :]
+    """:func:`_select_row` for every stream; returns the number of changes sent in all."""
+    total = 0
+    for b in range(x.shape[0]):
+        m, c = _select_row(x[b], xref[b], fresh[b], th, drift_free, fanout, over, idx[b], val[b])
         n_sent[b] = m
         counts[b] = c
+        total += m
+    return total
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -96,26 +111,30 @@ def _scatter_linear(wt, idx, val, n_sent, dz, z):  # pragma: no cover - compiled
             continue
         dz[:] = 0.0
         for s in range(n_sent[b]):
-            wi = wt[idx[b, s]]
+            i = idx[b, s]
             d = val[b, s]
             for o in range(out):
-                dz[o] += d * wi[o]
+                dz[o] += d * wt[i, o]
         for o in range(out):
             z[b, o] += dz[o]
 
 
 @njit(cache=True, nogil=True, fastmath=True)
 def _scatter_conv(w, dims, strides, ytab, ny, xtab, nx, idx, val, n_sent, dz, touched, z):  # pragma: no cover
-    """Each sent input change times its weight slice ``w[c, ky, kx, :]`` into every output it feeds.
+    """Each sent input change times its weight slice into every output it feeds.
 
-    The input element at flat index ``i`` (in the layout of ``strides``: ``c, y, x`` step by
-    ``strides``, sizes ``dims``) feeds output row ``ytab[y, j, 1]`` through kernel row
-    ``ytab[y, j, 0]`` for ``j < ny[y]`` (likewise for columns): tables built once, so the loop
-    does no division. Products are summed in ``dz`` and added to ``z`` once per touched output.
+    ``w`` is (in * kh * kw, out): row ``(c * kh + ky) * kw + kx`` is the slice of input channel
+    ``c`` at tap ``(ky, kx)``. The input element at flat index ``i`` (in the layout of
+    ``strides``: ``c, y, x`` step by ``strides``, sizes ``dims``) feeds output row
+    ``ytab[y, j, 1]`` through kernel row ``ytab[y, j, 0]`` for ``j < ny[y]`` (likewise columns):
+    tables built once, so the loop does no division by the stride. ``z`` is (rows, ho * wo, out);
+    products are summed in ``dz`` and added to ``z`` once per touched output position.
     """
     cin, h, wd = dims[0], dims[1], dims[2]
     sc, sy, sx = strides[0], strides[1], strides[2]
-    ho, wo = z.shape[1], z.shape[2]
+    kh, kw = ytab.shape[1], xtab.shape[1]
+    wo = dims[3]
+    cout = z.shape[2]
     for b in range(z.shape[0]):
         for s in range(n_sent[b]):
             i = idx[b, s]
@@ -124,26 +143,23 @@ def _scatter_conv(w, dims, strides, ytab, ny, xtab, nx, idx, val, n_sent, dz, to
             y = (i // sy) % h
             x = (i // sx) % wd
             for jy in range(ny[y]):
-                ky = ytab[y, jy, 0]
-                oy = ytab[y, jy, 1]
+                qy = (c * kh + ytab[y, jy, 0]) * kw
+                py = ytab[y, jy, 1] * wo
                 for jx in range(nx[x]):
-                    kx = xtab[x, jx, 0]
-                    ox = xtab[x, jx, 1]
-                    acc = dz[oy, ox]
-                    if not touched[oy, ox]:
-                        touched[oy, ox] = True
-                        acc[:] = 0.0
-                    wrow = w[c, ky, kx]
-                    for o in range(acc.shape[0]):
-                        acc[o] += d * wrow[o]
-        for oy in range(ho):
-            for ox in range(wo):
-                if touched[oy, ox]:
-                    touched[oy, ox] = False
-                    zo = z[b, oy, ox]
-                    acc = dz[oy, ox]
-                    for o in range(zo.shape[0]):
-                        zo[o] += acc[o]
+                    q = qy + xtab[x, jx, 0]
+                    p = py + xtab[x, jx, 1]
+                    if not touched[p]:
+                        touched[p] = True
+                        for o in range(cout):
+                            dz[p, o] = d * w[q, o]
+                    else:
+                        for o in range(cout):
+                            dz[p, o] += d * w[q, o]
+        for p in range(touched.shape[0]):
+            if touched[p]:
+                touched[p] = False
+                for o in range(cout):
+                    z[b, p, o] += dz[p, o]
 
 
 def _taps(size: int, out: int, k: int, stride: int, pad: int, dil: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,10 +204,11 @@ class _Layer:
         wm = (weight != 0).to(torch.float32)
         if self.conv:
             c, h, w = in_shape
-            self.dims = np.array([c, h, w], dtype=np.int64)
             self.args = dict(stride=m.stride, padding=m.padding, dilation=m.dilation)
-            # weight slices (in, kh, kw, out): the scatter's inner loop over outputs is contiguous
-            self.w = np.ascontiguousarray(weight.permute(1, 2, 3, 0).numpy())
+            ho, wo = F.conv2d(torch.zeros(1, c, h, w), weight, **self.args).shape[2:]
+            self.dims = np.array([c, h, w, wo], dtype=np.int64)
+            # weight slices (in * kh * kw, out): the scatter's inner loop over outputs is contiguous
+            self.w = np.ascontiguousarray(weight.permute(1, 2, 3, 0).reshape(-1, weight.shape[0]).numpy())
             # fan-out of input element i: the non-zero weights it meets over all outputs, i.e. the
             # gradient of sum(conv(x, mask(W))) with respect to x (exact small integers)
             probe = torch.zeros(1, c, h, w, requires_grad=True)
@@ -199,7 +216,6 @@ class _Layer:
                 F.conv2d(probe, wm, **self.args).sum().backward()
             self.fan_chw = probe.grad[0].round().to(torch.int64)
             fan = self.fan_chw  # reordered when the first input shows its memory layout
-            ho, wo = F.conv2d(torch.zeros(1, c, h, w), weight, **self.args).shape[2:]
             (kh, kw), (st_y, st_x) = m.kernel_size, m.stride
             (p_y, p_x), (d_y, d_x) = m.padding, m.dilation
             self.ytab, self.ny = _taps(h, ho, kh, st_y, p_y, d_y)
@@ -223,12 +239,14 @@ class _Layer:
         self.val = np.zeros((rows, n), dtype=np.float32)
         self.n_sent = np.zeros(rows, dtype=np.int64)
         self.counts = np.zeros(rows, dtype=np.int64)
-        self.dz = np.zeros(self.z.shape[1:], dtype=np.float32)  # one row's sum of products (scratch)
-        self.touched = np.zeros(self.z.shape[1:3], dtype=np.bool_) if self.conv else None
+        # the scatter's view of z: (rows, positions, out) for a conv layer
+        self.z_flat = self.z.reshape(rows, -1, self.z.shape[-1]) if self.conv else self.z
+        self.dz = np.zeros(self.z_flat.shape[1:], dtype=np.float32)  # one row's sum of products (scratch)
+        self.touched = np.zeros(self.z_flat.shape[1], dtype=np.bool_) if self.conv else None
 
     def _set_layout(self, channels_last: bool) -> None:
         """Keep a conv layer's references in the memory order its inputs arrive in (no copy per step)."""
-        c, h, w = (int(v) for v in self.dims)
+        c, h, w = (int(v) for v in self.dims[:3])
         self.channels_last = channels_last
         fan = self.fan_chw.permute(1, 2, 0) if channels_last else self.fan_chw
         self.fanout = fan.flatten().numpy().copy()
@@ -245,19 +263,20 @@ class _Layer:
                 x = x.permute(0, 2, 3, 1)
         return x.contiguous().numpy().reshape(x.shape[0], -1)
 
-    def step(self, x: torch.Tensor, fresh: np.ndarray, th: float, drift_free: bool) -> torch.Tensor:
+    def step(self, x: torch.Tensor, fresh: np.ndarray, any_fresh: bool, th: np.float32,
+             drift_free: bool) -> torch.Tensor:
         """Send this step's changes, update ``z`` and return it (a copy) in the layer's output layout."""
-        if fresh.any():
+        if any_fresh:
             self.xref[fresh] = 0
             self.z[fresh] = self.bias
-        _select(self.flat_input(x), self.xref, fresh, np.float32(th), drift_free, self.fanout, self.over,
-                self.idx, self.val, self.n_sent, self.counts)
+        total = _select(self.flat_input(x), self.xref, fresh, th, drift_free, self.fanout, self.over,
+                        self.idx, self.val, self.n_sent, self.counts)
         rows, n = self.xref.shape
-        if self.n_sent.sum() > self.crossover * rows * n:
+        if total > self.crossover * rows * n:
             self._dense_delta(rows, n)
         elif self.conv:
             _scatter_conv(self.w, self.dims, self.strides, self.ytab, self.ny, self.xtab, self.nx,
-                          self.idx, self.val, self.n_sent, self.dz, self.touched, self.z)
+                          self.idx, self.val, self.n_sent, self.dz, self.touched, self.z_flat)
         else:
             _scatter_linear(self.w, self.idx, self.val, self.n_sent, self.dz, self.z)
         out = torch.from_numpy(self.z.copy())
@@ -271,7 +290,7 @@ class _Layer:
             d[b, self.idx[b, :k]] = self.val[b, :k]
         dt = torch.from_numpy(d)
         if self.conv:
-            c, h, w = (int(v) for v in self.dims)
+            c, h, w = (int(v) for v in self.dims[:3])
             dt = dt.view(rows, h, w, c).permute(0, 3, 1, 2) if self.channels_last else dt.view(rows, c, h, w)
             self.z += F.conv2d(dt, self.weight, **self.args).permute(0, 2, 3, 1).numpy()
         else:
@@ -289,6 +308,7 @@ class SparseEngine:
                              f"measured default), got {crossover!r}")
         self.owner = owner
         self.crossover = crossover
+        self.thresholds = [np.float32(t) for t in owner.thresholds]
         self.layers: list[_Layer] = []
         self.fresh: np.ndarray | None = None
 
@@ -318,10 +338,10 @@ class SparseEngine:
         elif obs.shape[0] != self.fresh.shape[0]:
             raise ValueError(f"batch of {obs.shape[0]} observations, but the delta state holds "
                              f"{self.fresh.shape[0]} streams; call reset() to start over")
-        fresh = self.fresh
+        fresh, any_fresh, ths = self.fresh, bool(self.fresh.any()), self.thresholds
 
         def delta_layer(k: int, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-            return self.layers[k].step(x, fresh, o.thresholds[k], o.drift_free)
+            return self.layers[k].step(x, fresh, any_fresh, ths[k], o.drift_free)
 
         out = o.chain.run(obs, delta_layer)
         self.fresh = np.zeros_like(fresh)
