@@ -146,3 +146,5 @@ def test_bad_backend_and_crossover():
         dl.DeltaNetwork(net, 0.0, backend="numba")
     with pytest.raises(ValueError, match="crossover"):
         dl.DeltaNetwork(net, 0.0, backend="sparse", crossover=1.5)
+    with pytest.raises(ValueError, match="only applies to backend='sparse'"):
+        dl.DeltaNetwork(net, 0.0, crossover=0.5)

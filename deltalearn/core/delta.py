@@ -88,6 +88,8 @@ class DeltaNetwork(nn.Module):
         """Per weight layer, the boolean mask of input changes sent at the last step (dense backend)."""
         if backend not in ("dense", "sparse"):
             raise ValueError(f"backend must be 'dense' or 'sparse', got {backend!r}")
+        if crossover is not None and backend != "sparse":
+            raise ValueError(f"crossover={crossover!r} only applies to backend='sparse'")
         self.backend = backend
         self._engine = None
         if backend == "sparse":
