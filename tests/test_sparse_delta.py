@@ -148,3 +148,12 @@ def test_bad_backend_and_crossover():
         dl.DeltaNetwork(net, 0.0, backend="sparse", crossover=1.5)
     with pytest.raises(ValueError, match="only applies to backend='sparse'"):
         dl.DeltaNetwork(net, 0.0, crossover=0.5)
+
+
+def test_input_memory_layout_may_change_between_steps():
+    """A conv layer keeps its references in the layout of its first input; later inputs in the
+    other layout (channels_last vs contiguous) are read correctly."""
+    net = pruned(dilated_pool_net().eval())
+    seq = random_walk((2, *net.input_shape), 20, 0.05, frac_changing=0.3, seed=6)
+    seq = [x.contiguous(memory_format=torch.channels_last) if t % 3 == 0 else x for t, x in enumerate(seq)]
+    assert_same(net, seq, 0.0, atol=1e-4)
