@@ -128,8 +128,6 @@ def forward_with_counts(net: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor
     return _run_counting(net, obs)
 
 
-
-
 def count_significant(net: nn.Module, obs: torch.Tensor, label: str = "") -> MultiplicationReport:
     """Significant products of ``net`` on a batch of observations, one decision per row.
 

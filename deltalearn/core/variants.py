@@ -171,10 +171,10 @@ class Policy:
         # our QNetworks know their input shape; any other network is measured on the example
         example = None if hasattr(net, "input_shape") or example_input is None else \
             torch.as_tensor(example_input, device=next(net.parameters()).device)
-        extra = {} if example is None else {"example_input": example}
-        self.delta = None if not v.is_delta else DeltaNetwork(net, v.threshold, drift_free=v.drift_free, **extra)
+        self.delta = None if not v.is_delta else DeltaNetwork(net, v.threshold, drift_free=v.drift_free,
+                                                               example_input=example)
         self.names = layer_names(net)
-        self.dense_per_step = dense_counts(net, **extra)
+        self.dense_per_step = dense_counts(net, example)
 
     @property
     def label(self) -> str:
