@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from numba import njit
 from torch import nn
 
+from . import _sparse_kernels as K
+
 if TYPE_CHECKING:
     from .delta import DeltaNetwork
 
@@ -297,6 +299,181 @@ class _Layer:
             self.z += F.linear(dt, self.weight).numpy()
 
 
+def fused_plan(owner: "DeltaNetwork") -> tuple[float | None, list[tuple[bool, bool]]] | None:
+    """Whether the fused path can run ``owner``'s chain whole, and how.
+
+    Returns ``(scale, layers)`` or ``None``: ``scale`` is the QNetwork's input scale (``None``
+    when the chain has no preprocessing, so the input must already be float32), ``layers`` one
+    ``(relu_before, flatten_before)`` per weight layer. Served: an optional QNetwork
+    preprocessing, then only weight layers, ReLU, flattening and Identity, with the last
+    weight layer last.
+    """
+    from .chain import _Preprocess
+    from .nets import QNetwork
+
+    program = owner.chain._program
+    scale: float | None = None
+    if program and isinstance(program[0][1], _Preprocess):
+        net = owner.net
+        if not (isinstance(net, QNetwork) and type(net).preprocess is QNetwork.preprocess):
+            return None
+        scale, program = float(net.input_scale), program[1:]
+    layers: list[tuple[bool, bool]] = []
+    relu = flat = False
+    for _, fn, node, _, _, _, k, is_flat, _ in program:
+        if k is not None:
+            layers.append((relu, flat))
+            relu = flat = False
+        elif is_flat:
+            flat = True
+        elif isinstance(fn, nn.ReLU) or (node.op == "call_method" and node.target == "relu" and len(node.args) == 1) \
+                or (fn in (F.relu, torch.relu) and len(node.args) == 1 and not node.kwargs.get("inplace", False)):
+            if not layers:
+                return None  # a ReLU on the raw input: not worth a special case
+            relu = True
+        elif not isinstance(fn, nn.Identity):
+            return None
+    if relu or flat or not layers:  # something after the last weight layer
+        return None
+    return scale, layers
+
+
+class _Fused:
+    """The fused path's state: every layer's weights, references and accumulators in flat pools,
+    so one compiled call (:func:`~deltalearn.core._sparse_kernels.fused_step`) runs a whole step."""
+
+    def __init__(self, owner: "DeltaNetwork", plan: tuple[float | None, list[tuple[bool, bool]]],
+                 obs: torch.Tensor, crossover: float | None) -> None:
+        scale, flags = plan
+        self.obs_shape = tuple(obs.shape[1:])
+        self.float_input = scale is None
+        self.scale = np.float32(1.0 if scale is None else scale)
+        self.has_scale = scale is not None and scale != 1.0
+        rows = int(obs.shape[0])
+        shapes = owner.chain.input_shapes(obs[:1] if scale is not None else obs[:1].to(torch.float32))
+        meta = np.zeros((len(flags), K.META_FIELDS), dtype=np.int64)
+        ws, fans, biases, taps = [], [], [], []
+        self.torch_w: list[tuple[nn.Module, torch.Tensor]] = []
+        n_taps = z_off = x_off = w_off = 0
+        prev_out: tuple[int, int, int] | None = None  # the previous conv's (channels, ho, wo)
+        cross = []
+        for l, (m, weight, bias, shape, (relu, flat)) in enumerate(
+                zip(owner.chain.weights, owner.weights, owner.biases, shapes, flags)):
+            mt = meta[l]
+            cout = weight.shape[0]
+            wm = (weight != 0).to(torch.float32)
+            if isinstance(m, nn.Conv2d):
+                c, h, wd = shape
+                args = dict(stride=m.stride, padding=m.padding, dilation=m.dilation)
+                ho, wo = F.conv2d(torch.zeros(1, c, h, wd), weight, **args).shape[2:]
+                rows_w = weight.permute(1, 2, 3, 0).reshape(-1, cout).numpy()
+                probe = torch.zeros(1, c, h, wd, requires_grad=True)
+                with torch.enable_grad():
+                    F.conv2d(probe, wm, **args).sum().backward()
+                fan = probe.grad[0].round().to(torch.int64)
+                chw = l == 0 or flat  # the raw input (or a flattened one) is read in its own (c, h, w) order
+                fan = fan if chw else fan.permute(1, 2, 0)
+                mt[K.SC:K.SX + 1] = (h * wd, wd, 1) if chw else (1, wd * c, c)
+                (kh, kw), (sy_, sx_) = m.kernel_size, m.stride
+                ytab, ny = _taps(h, ho, kh, sy_, m.padding[0], m.dilation[0])
+                xtab, nx = _taps(wd, wo, kw, sx_, m.padding[1], m.dilation[1])
+                self.torch_w.append((m, weight))
+                prev_out_next = (cout, ho, wo)
+            else:
+                c, h, wd, ho, wo, kh, kw = int(shape[0]), 1, 1, 1, 1, 1, 1
+                rows_w = weight.t().numpy()
+                fan = wm.sum(dim=0).round().to(torch.int64)
+                if prev_out is not None and flat:
+                    # a conv's channels-last output, flattened: read in that order, weights permuted to it
+                    pc, ph, pw = prev_out
+                    perm = np.arange(c).reshape(pc, ph, pw).transpose(1, 2, 0).ravel()
+                    rows_w, fan = rows_w[perm], fan[torch.from_numpy(perm)]
+                mt[K.SC:K.SX + 1] = (1, 1, 1)
+                ytab, ny = _taps(1, 1, 1, 1, 0, 1)
+                xtab, nx = ytab, ny
+                self.torch_w.append((m, torch.from_numpy(np.ascontiguousarray(rows_w.T))))
+                prev_out_next = None
+            n = int(np.prod(shape))
+            mt[K.N], mt[K.CIN], mt[K.H], mt[K.WD], mt[K.WO], mt[K.COUT] = n, c, h, wd, wo, cout
+            mt[K.KH], mt[K.KW], mt[K.RELU] = kh, kw, int(relu)
+            mt[K.W_OFF], mt[K.Z_OFF], mt[K.ZSIZE], mt[K.X_OFF] = w_off, z_off, ho * wo * cout, x_off
+            mt[K.B_OFF] = z_off
+            for tab, key in ((ytab, K.YT), (ny, K.NYO), (xtab, K.XT), (nx, K.NXO)):
+                mt[key] = n_taps
+                taps.append(tab.ravel())
+                n_taps += tab.size
+            ws.append(np.ascontiguousarray(rows_w, dtype=np.float32).ravel())
+            fans.append(fan.flatten().numpy())
+            b = np.zeros(cout, np.float32) if bias is None else bias.numpy()
+            biases.append(np.tile(b, ho * wo))
+            w_off += ws[-1].size
+            z_off += ho * wo * cout
+            x_off += n
+            kind = "conv" if isinstance(m, nn.Conv2d) else "linear"
+            cross.append(DEFAULT_CROSSOVER[kind] if crossover is None else float(crossover))
+            prev_out = prev_out_next
+        self.meta = meta
+        self.th = np.array([np.float32(t) for t in owner.thresholds], dtype=np.float32)
+        self.cross = np.array(cross, dtype=np.float64)
+        self.W = np.concatenate(ws)
+        self.taps = np.concatenate(taps).astype(np.int64)
+        self.FAN = np.concatenate(fans).astype(np.int64)
+        self.BIAS = np.concatenate(biases).astype(np.float32)
+        self.Z = np.zeros((rows, z_off), dtype=np.float32)
+        self.XR = np.zeros((rows, x_off), dtype=np.float32)
+        max_n = int(meta[:, K.N].max())
+        max_z = int(meta[:, K.ZSIZE].max())
+        self.over = np.zeros(-(-max_n // 8) * 8, dtype=np.uint8)
+        self.idx = np.zeros((rows, max_n), dtype=np.int64)
+        self.val = np.zeros((rows, max_n), dtype=np.float32)
+        self.n_sent = np.zeros(rows, dtype=np.int64)
+        self.dz = np.zeros(max_z, dtype=np.float32)
+        self.touched = np.zeros(max_z, dtype=np.uint8)
+        self.counts = np.zeros((rows, len(flags)), dtype=np.int64)
+        last = meta[-1]
+        self.out = slice(int(last[K.Z_OFF]), int(last[K.Z_OFF] + last[K.ZSIZE]))
+
+    def step(self, obs: torch.Tensor, fresh: np.ndarray, drift_free: bool) -> torch.Tensor:
+        if tuple(obs.shape[1:]) != self.obs_shape:
+            raise ValueError(f"observation batch has shape {tuple(obs.shape)}; expected (batch, "
+                             f"{', '.join(map(str, self.obs_shape))})")
+        if self.float_input and obs.dtype != torch.float32:
+            raise TypeError(f"backend='sparse' needs float32 layer inputs, got {obs.dtype}: use backend=\"dense\"")
+        x = obs.numpy() if obs.is_contiguous() else obs.contiguous().numpy()
+        x = x.reshape(x.shape[0], -1)
+        layers = self.meta.shape[0]
+        start = 0
+        while True:
+            stop = K.fused_step(x, self.scale, self.has_scale, self.meta, self.th, self.cross, self.W, self.taps,
+                                self.FAN, self.BIAS, self.Z, self.XR, fresh, drift_free, start, self.over, self.idx,
+                                self.val, self.n_sent, self.dz, self.touched, self.counts)
+            if stop == layers:
+                break
+            self._dense_delta(stop)
+            start = stop + 1
+        return torch.from_numpy(self.Z[:, self.out].copy())
+
+    def _dense_delta(self, l: int) -> None:
+        """Layer ``l`` sent many changes: rebuild its delta and apply it with one torch conv / linear."""
+        mt = self.meta[l]
+        rows, n = self.Z.shape[0], int(mt[K.N])
+        d = np.zeros((rows, n), dtype=np.float32)
+        for b in range(rows):
+            k = self.n_sent[b]
+            d[b, self.idx[b, :k]] = self.val[b, :k]
+        dt = torch.from_numpy(d)
+        m, w = self.torch_w[l]
+        if isinstance(m, nn.Conv2d):
+            c, h, wd = int(mt[K.CIN]), int(mt[K.H]), int(mt[K.WD])
+            dt = dt.view(rows, c, h, wd) if mt[K.SX] == 1 else dt.view(rows, h, wd, c).permute(0, 3, 1, 2)
+            out = F.conv2d(dt, w, stride=m.stride, padding=m.padding, dilation=m.dilation)
+            out = out.permute(0, 2, 3, 1).reshape(rows, -1)
+        else:
+            out = F.linear(dt, w)
+        z0 = int(mt[K.Z_OFF])
+        self.Z[:, z0:z0 + int(mt[K.ZSIZE])] += out.numpy()
+
+
 class SparseEngine:
     """The sparse state and step of one :class:`~deltalearn.core.delta.DeltaNetwork`."""
 
@@ -311,18 +488,26 @@ class SparseEngine:
         self.thresholds = [np.float32(t) for t in owner.thresholds]
         self.layers: list[_Layer] = []
         self.fresh: np.ndarray | None = None
+        self.plan = fused_plan(owner)
+        self.use_fused = self.plan is not None
+        """Run the whole step in one compiled call (set False before the first step to force the general path)."""
+        self.fused: _Fused | None = None
 
     def reset(self, rows: "torch.Tensor | list[int] | None" = None) -> None:
         if rows is None or self.fresh is None:
-            self.layers, self.fresh = [], None
+            self.layers, self.fresh, self.fused = [], None, None
             return
         r = np.asarray(torch.as_tensor(rows))
         self.fresh[np.flatnonzero(r) if r.dtype == bool else r] = True
 
     def _init_state(self, obs: torch.Tensor) -> None:
         o = self.owner
-        shapes = o.chain.input_shapes(obs[:1])
         rows = int(obs.shape[0])
+        self.fresh = np.ones(rows, dtype=bool)
+        if self.use_fused and self.plan is not None:
+            self.fused = _Fused(o, self.plan, obs, self.crossover)
+            return
+        shapes = o.chain.input_shapes(obs[:1])
         self.layers = []
         for m, w, b, shape in zip(o.chain.weights, o.weights, o.biases, shapes):
             kind = "conv" if isinstance(m, nn.Conv2d) else "linear"
@@ -338,7 +523,13 @@ class SparseEngine:
         elif obs.shape[0] != self.fresh.shape[0]:
             raise ValueError(f"batch of {obs.shape[0]} observations, but the delta state holds "
                              f"{self.fresh.shape[0]} streams; call reset() to start over")
-        fresh, any_fresh, ths = self.fresh, bool(self.fresh.any()), self.thresholds
+        fresh = self.fresh
+        if self.fused is not None:
+            out = self.fused.step(obs, fresh, o.drift_free)
+            self.fresh = np.zeros_like(fresh)
+            o.last_counts = torch.from_numpy(self.fused.counts.copy()) if count else None
+            return out
+        any_fresh, ths = bool(fresh.any()), self.thresholds
 
         def delta_layer(k: int, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
             return self.layers[k].step(x, fresh, any_fresh, ths[k], o.drift_free)
