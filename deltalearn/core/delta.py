@@ -144,7 +144,6 @@ class DeltaNetwork(nn.Module):
             return F.linear(d, w, b)
         return F.conv2d(d, w, b, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups)
 
-    @torch.no_grad()
     def forward(self, obs: torch.Tensor, count: bool = True) -> torch.Tensor:
         """One step for every row: returns the Q-values (batch, actions).
 
@@ -152,8 +151,13 @@ class DeltaNetwork(nn.Module):
         :attr:`last_counts`.
         """
         obs = torch.as_tensor(obs)
-        if self._engine is not None:
+        if self._engine is not None:  # its fused path runs no torch op, so no grad mode to set (~3 us a step)
             return self._engine.forward(obs, count)
+        return self._dense_forward(obs, count)
+
+    @torch.no_grad()
+    def _dense_forward(self, obs: torch.Tensor, count: bool) -> torch.Tensor:
+        """The dense-backed step (``backend="dense"``)."""
         if self.fresh is None:
             self._init_state(obs)
         elif obs.shape[0] != self.fresh.shape[0]:

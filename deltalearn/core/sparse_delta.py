@@ -443,6 +443,7 @@ class _Fused:
         x = x.reshape(x.shape[0], -1)
         layers = self.meta.shape[0]
         start = 0
+        self.any_fresh = bool(fresh.any())
         while True:
             stop = K.fused_step(x, self.scale, self.has_scale, self.meta, self.th, self.cross, self.W, self.taps,
                                 self.FAN, self.BIAS, self.Z, self.XR, fresh, drift_free, start, self.over, self.idx,
@@ -515,20 +516,29 @@ class SparseEngine:
             self.layers.append(_Layer(m, w, b, shape, rows, cross))
         self.fresh = np.ones(rows, dtype=bool)
 
-    @torch.no_grad()
     def forward(self, obs: torch.Tensor, count: bool = True) -> torch.Tensor:
-        o = self.owner
-        if self.fresh is None:
-            self._init_state(obs)
-        elif obs.shape[0] != self.fresh.shape[0]:
-            raise ValueError(f"batch of {obs.shape[0]} observations, but the delta state holds "
-                             f"{self.fresh.shape[0]} streams; call reset() to start over")
+        """One step of every stream; the fused path when the chain allows it, else the chain replay."""
         fresh = self.fresh
-        if self.fused is not None:
-            out = self.fused.step(obs, fresh, o.drift_free)
-            self.fresh = np.zeros_like(fresh)
-            o.last_counts = torch.from_numpy(self.fused.counts.copy()) if count else None
+        if fresh is None:
+            with torch.no_grad():
+                self._init_state(obs)
+            fresh = self.fresh
+        elif obs.shape[0] != fresh.shape[0]:
+            raise ValueError(f"batch of {obs.shape[0]} observations, but the delta state holds "
+                             f"{fresh.shape[0]} streams; call reset() to start over")
+        fused = self.fused
+        if fused is not None:
+            out = fused.step(obs, fresh, self.owner.drift_free)
+            if fused.any_fresh:
+                fresh[:] = False
+            self.owner.last_counts = torch.from_numpy(fused.counts.copy()) if count else None
             return out
+        with torch.no_grad():
+            return self._general_forward(obs, count)
+
+    def _general_forward(self, obs: torch.Tensor, count: bool) -> torch.Tensor:
+        o = self.owner
+        fresh = self.fresh
         any_fresh, ths = bool(fresh.any()), self.thresholds
 
         def delta_layer(k: int, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
