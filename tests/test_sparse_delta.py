@@ -43,9 +43,12 @@ def pruned(net: nn.Module, sparsity: float = 0.6, seed: int = 0) -> nn.Module:
 
 
 def replay(net: nn.Module, seq, threshold, backend: str, reset_at: int | None = None,
-           rows=None, **kw) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Q-values per step and the summed counts (batch, layers) of one backend over ``seq``."""
+           rows=None, fused: bool = True, **kw) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Q-values per step and the summed counts (batch, layers) of one backend over ``seq``;
+    ``fused=False`` makes the sparse backend replay the chain layer by layer (its general path)."""
     delta = dl.DeltaNetwork(net, threshold, backend=backend, **kw)
+    if backend == "sparse":
+        delta._engine.use_fused = fused
     outs, total = [], 0
     for t, obs in enumerate(seq):
         if t == reset_at:
@@ -74,6 +77,43 @@ def test_threshold_zero_matches_dense_backend(kind, batch):
     assert_same(net, seq, 0.0, atol=1e-4, reset_at=STEPS // 2, rows=[0] if batch == 1 else [1, 3])
 
 
+@pytest.mark.parametrize("kind", ["conv", "mlp"])
+def test_fused_and_general_paths_agree(kind):
+    """The whole-step compiled path and the layer-by-layer chain replay: same outputs, same counts."""
+    net = pruned(NETS[kind]().eval(), seed=3)
+    seq = random_walk((4, *net.input_shape), STEPS, 0.05, frac_changing=0.4, seed=7)
+    ths = [0.01 * (k + 1) for k in range(len(dl.layer_names(net)))]
+    fused, fused_counts = replay(net, seq, ths, "sparse", reset_at=25, rows=[2])
+    general, general_counts = replay(net, seq, ths, "sparse", reset_at=25, rows=[2], fused=False)
+    for a, b in zip(fused, general):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
+    assert torch.equal(fused_counts, general_counts)
+    assert_same(net, seq, ths, atol=1e-4, reset_at=25, rows=[2], fused=False)
+
+
+def test_which_chains_take_the_fused_path():
+    """Conv/Linear/ReLU/Flatten chains (a QNetwork or a plain Sequential) run fused; pooling or
+    another activation falls back to the general path."""
+    assert dl.DeltaNetwork(small_conv_net(3), 0.0, backend="sparse")._engine.plan is not None
+    plain = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    assert dl.DeltaNetwork(plain, 0.0, backend="sparse")._engine.plan == (None, [(False, False), (True, True)])
+    assert dl.DeltaNetwork(dilated_pool_net(), 0.0, backend="sparse")._engine.plan is None
+    tanh = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    assert dl.DeltaNetwork(tanh, 0.0, backend="sparse")._engine.plan is None
+
+
+def test_fused_plain_sequential_matches_and_needs_float32():
+    torch.manual_seed(5)
+    plain = pruned(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 2, stride=2), nn.ReLU(),
+                                 nn.Flatten(), nn.Linear(4 * 3 * 3, 5), nn.ReLU(), nn.Linear(5, 2)).eval())
+    seq = random_walk((2, 2, 6, 6), 30, 0.05, frac_changing=0.3, seed=8)
+    assert_same(plain, seq, 0.0, atol=1e-4, reset_at=10, rows=[1])
+    delta = dl.DeltaNetwork(plain, 0.0, backend="sparse")
+    delta(seq[0])
+    with pytest.raises(TypeError, match='float32.*backend="dense"'):
+        delta(seq[1].double())
+
+
 @pytest.mark.parametrize("kind", sorted(NETS))
 @pytest.mark.parametrize("crossover", [0.0, 1.0])
 def test_per_layer_thresholds_both_kernels(kind, crossover):
@@ -83,8 +123,9 @@ def test_per_layer_thresholds_both_kernels(kind, crossover):
     n = len(dl.layer_names(net))
     seq = random_walk((4, *net.input_shape), STEPS, 0.05, frac_changing=0.5, seed=4)
     ths = [0.02 * (k + 1) for k in range(n)]
-    assert_same(net, seq, ths, atol=1e-4, reset_at=20, rows=torch.tensor([True, False, False, True]),
-                crossover=crossover)
+    for fused in (True, False):
+        assert_same(net, seq, ths, atol=1e-4, reset_at=20, rows=torch.tensor([True, False, False, True]),
+                    crossover=crossover, fused=fused)
 
 
 def test_naive_variant_matches():

@@ -21,6 +21,9 @@ in float32.
 """
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,15 +37,30 @@ from . import _sparse_kernels as K
 if TYPE_CHECKING:
     from .delta import DeltaNetwork
 
-__all__ = ["SparseEngine", "DEFAULT_CROSSOVER", "check_sparse_layer"]
+__all__ = ["SparseEngine", "DEFAULT_CROSSOVER", "layer_crossover", "check_sparse_layer"]
 
 DEFAULT_CROSSOVER: dict[str, float] = {"conv": 0.2, "linear": 1.0}
-"""Sent share of a layer's inputs above which a dense pass of the delta is cheaper than the scatter.
+"""Sent share of a layer's inputs above which a dense pass of the delta is cheaper than the scatter,
+for a layer not measured in :data:`CROSSOVER_FILE` (measured on the Nature DQN's layers, rounded down)."""
 
-Measured by ``book/data/sparse_crossover.py`` on Breakout-pruned-0.79's layers at batch 1, one
-thread (NOTES-issue14.md): the scatter lost from 0.2 (conv1), 0.3 (conv2) and 0.5 (conv3) of the
-inputs sent; fc1 and fc2 never lost, even with every input sent. The lowest conv figure is taken so
-that no conv layer runs slower than its dense pass."""
+CROSSOVER_FILE = Path(__file__).resolve().parents[1] / "data" / "bench" / "crossover.json"
+"""Per-layer timings of the scatter and the dense fallback by share sent
+(``book/data/sparse_crossover.py``); a layer of the same kind and size takes its measured crossover."""
+
+
+@lru_cache(maxsize=1)
+def _measured_crossovers() -> dict[tuple[str, int, int], float]:
+    try:
+        layers = json.loads(CROSSOVER_FILE.read_text())["layers"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {(r["kind"], int(r["inputs"]), int(r["outputs"])): 1.0 if r["crossover"] is None else float(r["crossover"])
+            for r in layers}
+
+
+def layer_crossover(kind: str, inputs: int, outputs: int) -> float:
+    """The default crossover of one weight layer: measured for a layer of this kind and size, else per kind."""
+    return _measured_crossovers().get((kind, inputs, outputs), DEFAULT_CROSSOVER[kind])
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -354,7 +372,8 @@ class _Fused:
         meta = np.zeros((len(flags), K.META_FIELDS), dtype=np.int64)
         ws, fans, biases, taps = [], [], [], []
         self.torch_w: list[tuple[nn.Module, torch.Tensor]] = []
-        n_taps = z_off = x_off = w_off = 0
+        n_taps = z_off = x_off = w_off = pos_off = 0
+        pos: list[np.ndarray] = [np.zeros(1, dtype=np.int32)]
         prev_out: tuple[int, int, int] | None = None  # the previous conv's (channels, ho, wo)
         cross = []
         for l, (m, weight, bias, shape, (relu, flat)) in enumerate(
@@ -397,7 +416,15 @@ class _Fused:
             mt[K.N], mt[K.CIN], mt[K.H], mt[K.WD], mt[K.WO], mt[K.COUT] = n, c, h, wd, wo, cout
             mt[K.KH], mt[K.KW], mt[K.RELU] = kh, kw, int(relu)
             mt[K.W_OFF], mt[K.Z_OFF], mt[K.ZSIZE], mt[K.X_OFF] = w_off, z_off, ho * wo * cout, x_off
-            mt[K.B_OFF] = z_off
+            mt[K.B_OFF], mt[K.POS_] = z_off, pos_off
+            if isinstance(m, nn.Conv2d):
+                if c >= 1 << 15 or h >= 256 or wd >= 256:
+                    raise TypeError(f"backend='sparse' serves conv inputs up to 32767 channels and 255x255 pixels; "
+                                    f"layer {owner.names[l]} has {c}x{h}x{wd}: use backend=\"dense\"")
+                cc, yy, xx = np.meshgrid(np.arange(c), np.arange(h), np.arange(wd), indexing="ij")
+                packed = (cc << 16) | (yy << 8) | xx
+                pos.append((packed if chw else packed.transpose(1, 2, 0)).ravel().astype(np.int32))
+                pos_off += n
             for tab, key in ((ytab, K.YT), (ny, K.NYO), (xtab, K.XT), (nx, K.NXO)):
                 mt[key] = n_taps
                 taps.append(tab.ravel())
@@ -410,7 +437,7 @@ class _Fused:
             z_off += ho * wo * cout
             x_off += n
             kind = "conv" if isinstance(m, nn.Conv2d) else "linear"
-            cross.append(DEFAULT_CROSSOVER[kind] if crossover is None else float(crossover))
+            cross.append(layer_crossover(kind, n, ho * wo * cout) if crossover is None else float(crossover))
             prev_out = prev_out_next
         self.meta = meta
         self.th = np.array([np.float32(t) for t in owner.thresholds], dtype=np.float32)
@@ -418,6 +445,7 @@ class _Fused:
         self.W = np.concatenate(ws)
         self.taps = np.concatenate(taps).astype(np.int64)
         self.FAN = np.concatenate(fans).astype(np.int64)
+        self.POS = np.concatenate(pos)[1:] if len(pos) > 1 else pos[0]
         self.BIAS = np.concatenate(biases).astype(np.float32)
         self.Z = np.zeros((rows, z_off), dtype=np.float32)
         self.XR = np.zeros((rows, x_off), dtype=np.float32)
@@ -446,7 +474,7 @@ class _Fused:
         self.any_fresh = bool(fresh.any())
         while True:
             stop = K.fused_step(x, self.scale, self.has_scale, self.meta, self.th, self.cross, self.W, self.taps,
-                                self.FAN, self.BIAS, self.Z, self.XR, fresh, drift_free, start, self.over, self.idx,
+                                self.POS, self.FAN, self.BIAS, self.Z, self.XR, fresh, drift_free, start, self.over, self.idx,
                                 self.val, self.n_sent, self.dz, self.touched, self.counts)
             if stop == layers:
                 break
@@ -511,9 +539,11 @@ class SparseEngine:
         shapes = o.chain.input_shapes(obs[:1])
         self.layers = []
         for m, w, b, shape in zip(o.chain.weights, o.weights, o.biases, shapes):
-            kind = "conv" if isinstance(m, nn.Conv2d) else "linear"
-            cross = DEFAULT_CROSSOVER[kind] if self.crossover is None else self.crossover
-            self.layers.append(_Layer(m, w, b, shape, rows, cross))
+            layer = _Layer(m, w, b, shape, rows, 0.0)
+            kind = "conv" if layer.conv else "linear"
+            layer.crossover = layer_crossover(kind, int(np.prod(shape)), int(np.prod(layer.z.shape[1:]))) \
+                if self.crossover is None else self.crossover
+            self.layers.append(layer)
         self.fresh = np.ones(rows, dtype=bool)
 
     def forward(self, obs: torch.Tensor, count: bool = True) -> torch.Tensor:
