@@ -152,10 +152,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     progress = not a.json and not a.no_progress
     if a.heldout:  # the reporting episodes, never used to choose anything
         res = evaluate_heldout(a.env, net, sparsity=a.sparsity, threshold=a.threshold, epsilon=a.epsilon,
-                               name=name, record=a.record, progress=progress)
+                               name=name, record=a.record, progress=progress, backend=a.backend)
     else:
         res = evaluate(net, a.env, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon, sparsity=a.sparsity,
-                       threshold=a.threshold, progress=progress)
+                       threshold=a.threshold, progress=progress, backend=a.backend)
     if a.json:
         print(json.dumps(res.to_dict()))
     else:
@@ -195,7 +195,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
                     sweep_sparsities=a.sweep_sparsities, sweep_thresholds=a.sweep_thresholds,
                     sweep_episodes=a.sweep_episodes, trajectory_steps=a.trajectory_steps,
                     trajectory_dir=a.trajectory_dir, max_steps=a.max_steps, progress=not a.no_progress, workers=a.workers,
-                    engine=a.engine, scheduler=a.scheduler, echo=print)
+                    engine=a.engine, scheduler=a.scheduler, echo=print, backend=a.backend)
     return 0
 
 
@@ -203,7 +203,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .study.bench import BENCH_FILE, bench, write_bench
 
     if a.all:
-        clash = [o for o, v in (("--game", a.game), ("--agent", a.agent), ("--threshold", a.threshold),
+        clash = [o for o, v in (("--env", a.env), ("--agent", a.agent), ("--threshold", a.threshold),
                                 ("--json", a.json)) if v] + (["--batch"] if a.batch != 1 else [])
         if clash:
             raise ValueError(f"--all times the fixed suite: drop {', '.join(clash)}")
@@ -213,9 +213,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
         return 0
     if a.out or a.only or a.keep:
         raise ValueError("--out, --only and --keep go with --all")
-    if not a.game:
-        raise ValueError("name a game with --game (or time the whole suite with --all)")
-    res = bench(a.game, a.agent, a.threshold, batch=a.batch, rounds=a.rounds, steps=a.steps,
+    if not a.env:
+        raise ValueError("name a game with --env (or time the whole suite with --all)")
+    res = bench(a.env, a.agent, a.threshold, batch=a.batch, rounds=a.rounds, steps=a.steps,
                 progress=not a.no_progress)
     if a.json:
         print(json.dumps(res.to_dict()))
@@ -312,6 +312,7 @@ def _add_distill(sub: Any) -> None:
 
 def _add_evaluate(sub: Any) -> None:
     from .rl.envs import ENV_NAMES
+    from .rl.evaluation import BACKENDS
 
     e = sub.add_parser("evaluate", help="play seeded episodes and count multiplications",
                        description="Play N seeded episodes with a shipped agent (or --checkpoint) as dense, "
@@ -335,6 +336,9 @@ def _add_evaluate(sub: Any) -> None:
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--threads", type=int, default=0,
                    help="torch threads (default 0: torch's default); 1 is faster beside a training run")
+    e.add_argument("--backend", choices=BACKENDS, default="dense",
+                   help="how a delta network (--threshold) runs: dense torch layers (default, the reference) or "
+                   "the sparse engine (faster on the CPU, same decisions and counts)")
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -356,6 +360,8 @@ def _add_count(sub: Any) -> None:
 
 def _add_reproduce(sub: Any) -> None:
     from .rl.envs import ENV_NAMES
+    from .rl.evaluation import BACKENDS
+    from .study.reproduce import REPRODUCE_BACKEND
     from .study.workers import ENGINES
 
     r = sub.add_parser("reproduce", help="write the paper's tables and sweeps for shipped agents",
@@ -399,6 +405,9 @@ def _add_reproduce(sub: Any) -> None:
     r.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="a running Dask scheduler, e.g. tcp://scheduler-host:8786 (needs pip install "
                    "'deltalearn[cluster]'); --out must be a folder its workers share")
+    r.add_argument("--backend", choices=BACKENDS, default=REPRODUCE_BACKEND,
+                   help=f"how the delta networks run: dense torch layers or the sparse engine; the files are the "
+                   f"same either way (default {REPRODUCE_BACKEND})")
     r.set_defaults(func=cmd_reproduce)
 
 
@@ -412,9 +421,9 @@ def _add_bench(sub: Any) -> None:
                        "(default layout, and channels_last + inference_mode), the dense-backed delta network and "
                        "the sparse engine with and without counting, interleaved in rounds on one thread; print "
                        "the median ms per decision and the ratio to the best dense forward.")
-    b.add_argument("--game", "--env", dest="game", default=None, metavar="GAME",
-                   help="a game with a recorded episode (Breakout, SpaceInvaders, Robotank, BattleZone, Enduro, "
-                   "Freeway, CartPole-v1)")
+    b.add_argument("--env", "--game", dest="env", default=None, metavar="ENV",
+                   help="a game with a recorded episode: Breakout, SpaceInvaders, Robotank, BattleZone, Enduro, "
+                   "Freeway or CartPole-v1")
     b.add_argument("--agent", default=None,
                    help="a shipped agent of the game (default: the agent of its table setting, e.g. "
                    "Breakout-pruned-0.79)")

@@ -86,7 +86,8 @@ class BenchResult:
     """Products per decision of the dense network."""
     layers: list[str]
     sent_fraction: list[float]
-    """Per weight layer, the share of its inputs sent (the dense-backed path's masks, all decisions)."""
+    """Per weight layer, the share of its inputs sent as non-zero changes (the dense-backed path's masks,
+    over all decisions; the first is a dense pass, in which an input that is zero sends nothing)."""
     load_average: float = float("nan")
     """The machine's one-minute load average when the run ended (a shared machine's noise)."""
     round_ms: dict[str, list[float]] = field(default_factory=dict, repr=False)
@@ -275,9 +276,12 @@ def bench(game: str, agent: str | None = None, threshold: float | Sequence[float
             run()
         keys = list(runners)
         times: dict[str, list[float]] = {k: [] for k in keys}
+        # no collection inside a timed run; the collector's pass over numba's many objects took seconds,
+        # so they are frozen out of it first
+        gc.collect()
+        gc.freeze()
         for r in tqdm(range(rounds), desc=f"bench {game} batch {batch}", unit="round", disable=not progress):
             for k in keys[r % len(keys):] + keys[: r % len(keys)]:  # rotate: no variant always follows another
-                gc.collect()
                 gc.disable()
                 try:
                     t0 = time.perf_counter()
@@ -287,6 +291,7 @@ def bench(game: str, agent: str | None = None, threshold: float | Sequence[float
                     gc.enable()
         check = _check(net, th, xs)
     finally:
+        gc.unfreeze()
         restore()
     return BenchResult(game, name, th, int(batch), len(xs), int(rounds),
                        {k: statistics.median(v) for k, v in times.items()}, **check,
