@@ -335,8 +335,14 @@ def _cpu() -> str:
 
 
 def _provenance() -> dict[str, Any]:
-    """What was measured where: the machine, the date, the commit, the versions."""
+    """What was measured where: the machine, the date, the commit, the versions.
+
+    Taken before the first run, with the sparse engine imported then, so the commit and the flag of
+    uncommitted engine changes describe the code that ran (a file edited later is not re-imported).
+    """
     import numba
+
+    from ..core import sparse_delta  # noqa: F401 - imported now, so the code measured is the code of now
 
     commit = _git("rev-parse", "HEAD")
     dirty = _git("status", "--porcelain", "--", str(Path(__file__).resolve().parents[1] / "core"))
@@ -374,14 +380,15 @@ def write_bench(path: str | os.PathLike | None = None, runs: Sequence[dict[str, 
     done: dict[tuple, dict[str, Any]] = {}
     if keep and path.exists():
         done = {_key(d): d for d in json.loads(path.read_text())["runs"]}
+    prov = _provenance()
     bar = tqdm(runs, desc="bench suite", unit="run", disable=not progress)
     for kw in bar:
         bar.set_postfix_str(f"{kw['game']} batch {kw.get('batch', 1)} threshold {kw.get('threshold', 'table')}")
         res = bench(rounds=rounds, steps=steps, **kw)
-        d = {**res.to_dict(), **{k: v for k, v in _provenance().items() if k in ("date", "commit",
-                                                                                   "engine_uncommitted_changes")}}
+        d = {**res.to_dict(), **{k: prov[k] for k in ("commit", "engine_uncommitted_changes")},
+             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         done[_key(d)] = d
-        data = {**_provenance(), "runs": list(done.values())}
+        data = {**prov, "runs": list(done.values())}
         text = json.dumps(data, indent=1) + "\n"
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path
@@ -395,7 +402,8 @@ def load_bench(path: str | os.PathLike | None = None) -> pd.DataFrame:
     key (speed-up = the best dense forward's time over the variant's); ``best_dense_ms``;
     ``agreement``, ``disagreements``, ``near_ties``, ``max_abs_dq``, ``counts_close``;
     ``mults_per_decision``, ``dense_mults_per_decision``, ``reduction`` (their ratio);
-    ``sent_<layer>`` per weight layer; ``load_average``, ``date``, ``commit``. ``attrs`` holds the
+    ``sent_<layer>`` per weight layer; ``load_average``, ``date``, ``commit``,
+    ``engine_uncommitted_changes`` (the commit's engine was edited when measured). ``attrs`` holds the
     file's machine and versions (``cpu``, ``cores``, ``threads``, ``torch``, ``numba``, ...).
     """
     path = Path(path) if path is not None else BENCH_FILE
@@ -414,7 +422,7 @@ def load_bench(path: str | os.PathLike | None = None) -> pd.DataFrame:
                                       "mults_per_decision", "dense_mults_per_decision")})
         row["reduction"] = d["dense_mults_per_decision"] / max(d["mults_per_decision"], 1e-12)
         row.update({f"sent_{n}": s for n, s in zip(d["layers"], d["sent_fraction"])})
-        row.update({k: d.get(k) for k in ("load_average", "date", "commit")})
+        row.update({k: d.get(k) for k in ("load_average", "date", "commit", "engine_uncommitted_changes")})
         rows.append(row)
     df = pd.DataFrame(rows)
     df.attrs.update({k: v for k, v in data.items() if k != "runs"})
