@@ -21,9 +21,9 @@ import numpy as np
 from numba import njit
 
 # columns of the per-layer ``meta`` table
-N, CIN, H, WD, WO, COUT, KH, KW, SC, SY, SX, W_OFF, Z_OFF, ZSIZE, X_OFF, YT, NYO, XT, NXO, RELU, B_OFF, POS_ = \
-    range(22)
-META_FIELDS = 22
+N, CIN, H, WD, WO, COUT, KH, KW, SC, SY, SX, W_OFF, Z_OFF, ZSIZE, X_OFF, YT, NYO, XT, NXO, RELU, B_OFF, POS_, PERM = \
+    range(23)
+META_FIELDS = 23
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -185,7 +185,7 @@ def scatter_row(W, mt, taps, pos, idx, val, m, dz, touched, z):  # pragma: no co
 
 @njit(cache=True, nogil=True)
 def fused_step(obs, scale, has_scale, meta, th, cross, W, taps, POS, FAN, BIAS, Z, XR, fresh, drift_free,
-               start, over, idx, val, n_sent, dz, touched, counts):  # pragma: no cover - compiled
+               start, over, idx, val, n_sent, dz, touched, counts, xin):  # pragma: no cover - compiled
     """Run layers ``start..`` for every stream; returns the layer index at which the caller must
     apply a dense pass of the delta (its sent share exceeded ``cross``), or the number of layers.
 
@@ -204,7 +204,18 @@ def fused_step(obs, scale, has_scale, meta, th, cross, W, taps, POS, FAN, BIAS, 
         fan = FAN[x0:x0 + n]
         for b in range(rows):
             xr = XR[b, x0:x0 + n]
-            if l == 0:
+            if l == 0 and mt[PERM] != 0:
+                # a (c, h, w) frame read channels-last, so a pixel's channels are sent (and scattered) together
+                hw = mt[H] * mt[WD]
+                cin = mt[CIN]
+                src = obs[b]
+                for q in range(hw):
+                    for ch in range(cin):
+                        v = np.float32(src[ch * hw + q])
+                        xin[q * cin + ch] = v * scale if has_scale else v
+                m, c = select_row(xin[:n], xr, th[l], fresh[b], drift_free, scale, False, False, fan,
+                                  over, idx[b], val[b])
+            elif l == 0:
                 m, c = select_row(obs[b], xr, th[l], fresh[b], drift_free, scale, has_scale, False, fan,
                                   over, idx[b], val[b])
             else:

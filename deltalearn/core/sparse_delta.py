@@ -390,7 +390,8 @@ class _Fused:
                 with torch.enable_grad():
                     F.conv2d(probe, wm, **args).sum().backward()
                 fan = probe.grad[0].round().to(torch.int64)
-                chw = l == 0 or flat  # the raw input (or a flattened one) is read in its own (c, h, w) order
+                chw = False  # read channels-last: conv1's frame is transposed as it is read (PERM)
+                mt[K.PERM] = int(l == 0)
                 fan = fan if chw else fan.permute(1, 2, 0)
                 mt[K.SC:K.SX + 1] = (h * wd, wd, 1) if chw else (1, wd * c, c)
                 (kh, kw), (sy_, sx_) = m.kernel_size, m.stride
@@ -458,6 +459,7 @@ class _Fused:
         self.dz = np.zeros(max_z, dtype=np.float32)
         self.touched = np.zeros(max_z, dtype=np.uint8)
         self.counts = np.zeros((rows, len(flags)), dtype=np.int64)
+        self.xin = np.zeros(max_n, dtype=np.float32)
         last = meta[-1]
         self.out = slice(int(last[K.Z_OFF]), int(last[K.Z_OFF] + last[K.ZSIZE]))
 
@@ -475,7 +477,7 @@ class _Fused:
         while True:
             stop = K.fused_step(x, self.scale, self.has_scale, self.meta, self.th, self.cross, self.W, self.taps,
                                 self.POS, self.FAN, self.BIAS, self.Z, self.XR, fresh, drift_free, start, self.over, self.idx,
-                                self.val, self.n_sent, self.dz, self.touched, self.counts)
+                                self.val, self.n_sent, self.dz, self.touched, self.counts, self.xin)
             if stop == layers:
                 break
             self._dense_delta(stop)
