@@ -62,7 +62,7 @@ def layer_step(f, l: int, x: np.ndarray) -> None:
     """Run layer ``l`` alone through the engine's compiled step (and its dense fallback if chosen)."""
     meta = f.meta[:l + 1]
     stop = K.fused_step(x, f.scale, f.has_scale, meta, f.th, f.cross, f.W, f.taps, f.POS, f.FAN, f.BIAS, f.Z, f.XR,
-                        np.zeros(1, dtype=bool), True, l, f.over, f.idx, f.val, f.n_sent, f.dz, f.touched, f.counts, f.xin)
+                        np.zeros(1, dtype=bool), True, l, f.over, f.idx, f.val, f.n_sent, f.dz, f.touched, f.counts, f.pover)
     if stop == l:
         f._dense_delta(l)
 
@@ -104,9 +104,7 @@ def measure(net, threshold: float, reps: int, rng) -> list[dict]:
         for frac in FRACTIONS:
             x = rng.integers(0, 200, size=(1, n)).astype(np.uint8) if l == 0 else rng.random((1, n), np.float32)
             for f in variants.values():
-                # the references in the order the layer reads its input (conv1: its frame channels-last)
-                ref = x[0].reshape(shape[0], -1).T.ravel() if mt[K.PERM] else x[0]
-                f.XR[0, int(mt[K.X_OFF]):int(mt[K.X_OFF]) + n] = ref * (f.scale if f.has_scale else 1)
+                f.XR[0, int(mt[K.X_OFF]):int(mt[K.X_OFF]) + n] = x[0] * (f.scale if f.has_scale else 1)
             times = {k: [] for k in variants}
             for _ in range(reps):
                 move = rng.random(n) < frac

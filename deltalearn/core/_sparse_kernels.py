@@ -84,6 +84,66 @@ def select_row(src, xref, th, fresh, drift_free, scale, has_scale, relu, fan,
     return m, c
 
 
+@njit(cache=True, nogil=True)
+def select_frame(src, xref, th, fresh, drift_free, scale, has_scale, fan, over, pover, cin, hw,
+                 idx, val):  # pragma: no cover - compiled
+    """:func:`select_row` for a (c, h, w) frame whose sent changes are listed channels-last.
+
+    The references and fan-outs stay in the frame's own order, so the marking pass is the same
+    vectorised one; the marks are OR-ed per pixel, and the pixels with a change list their sent
+    channels together (index ``pixel * c + channel``), so the scatter treats them as one group.
+    """
+    n = cin * hw
+    if fresh:
+        over[:n] = 1
+    else:
+        _mark(src, xref, th, scale, has_scale, False, over)
+    nw = (hw + 7) // 8
+    if hw % 8 == 0:  # OR the channels' marks eight pixels at a time
+        ow = over[:n].view(np.uint64)
+        pw = pover[:hw].view(np.uint64)
+        for w in range(nw):
+            acc = ow[w]
+            for ch in range(1, cin):
+                acc |= ow[ch * nw + w]
+            pw[w] = acc
+    else:
+        for q in range(hw):
+            acc8 = over[q]
+            for ch in range(1, cin):
+                acc8 |= over[ch * hw + q]
+            pover[q] = acc8
+    pover[hw:nw * 8] = 0
+    words = pover[:nw * 8].view(np.uint64)
+    m = 0
+    c = 0
+    for w in range(nw):
+        if words[w] == 0:
+            continue
+        for q in range(8 * w, min(8 * w + 8, hw)):
+            if pover[q] == 0:
+                continue
+            for ch in range(cin):
+                j = ch * hw + q
+                x = np.float32(src[j])
+                if has_scale:
+                    x = x * scale
+                d = x - xref[j]
+                sent = over[j] != 0
+                idx[m] = q * cin + ch
+                val[m] = d
+                keep = np.int64(sent and d != 0.0)
+                m += keep
+                c += fan[j] * keep
+                if sent and drift_free:
+                    xref[j] = xref[j] + d
+    if not drift_free:
+        for j in range(n):
+            x = np.float32(src[j])
+            xref[j] = x * scale if has_scale else x
+    return m, c
+
+
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
 def _axpy(dv, first, d0, w0, d1, w1, d2, w2, d3, w3, k):  # pragma: no cover - compiled
     """``dv (=|+=) sum_j d_j * w_j`` over ``k`` (1, 2 or 4) weight slices, vectorised over ``dv``:
@@ -185,7 +245,7 @@ def scatter_row(W, mt, taps, pos, idx, val, m, dz, touched, z):  # pragma: no co
 
 @njit(cache=True, nogil=True)
 def fused_step(obs, scale, has_scale, meta, th, cross, W, taps, POS, FAN, BIAS, Z, XR, fresh, drift_free,
-               start, over, idx, val, n_sent, dz, touched, counts, xin):  # pragma: no cover - compiled
+               start, over, idx, val, n_sent, dz, touched, counts, pover):  # pragma: no cover - compiled
     """Run layers ``start..`` for every stream; returns the layer index at which the caller must
     apply a dense pass of the delta (its sent share exceeded ``cross``), or the number of layers.
 
@@ -205,16 +265,8 @@ def fused_step(obs, scale, has_scale, meta, th, cross, W, taps, POS, FAN, BIAS, 
         for b in range(rows):
             xr = XR[b, x0:x0 + n]
             if l == 0 and mt[PERM] != 0:
-                # a (c, h, w) frame read channels-last, so a pixel's channels are sent (and scattered) together
-                hw = mt[H] * mt[WD]
-                cin = mt[CIN]
-                src = obs[b]
-                for q in range(hw):
-                    for ch in range(cin):
-                        v = np.float32(src[ch * hw + q])
-                        xin[q * cin + ch] = v * scale if has_scale else v
-                m, c = select_row(xin[:n], xr, th[l], fresh[b], drift_free, scale, False, False, fan,
-                                  over, idx[b], val[b])
+                m, c = select_frame(obs[b], xr, th[l], fresh[b], drift_free, scale, has_scale, fan, over, pover,
+                                    mt[CIN], mt[H] * mt[WD], idx[b], val[b])
             elif l == 0:
                 m, c = select_row(obs[b], xr, th[l], fresh[b], drift_free, scale, has_scale, False, fan,
                                   over, idx[b], val[b])

@@ -390,10 +390,11 @@ class _Fused:
                 with torch.enable_grad():
                     F.conv2d(probe, wm, **args).sum().backward()
                 fan = probe.grad[0].round().to(torch.int64)
-                chw = False  # read channels-last: conv1's frame is transposed as it is read (PERM)
+                # sends are listed channels-last (so a pixel's channels scatter as one group); the raw
+                # frame of conv1 keeps its references and fan-outs in its own (c, h, w) order (PERM)
                 mt[K.PERM] = int(l == 0)
-                fan = fan if chw else fan.permute(1, 2, 0)
-                mt[K.SC:K.SX + 1] = (h * wd, wd, 1) if chw else (1, wd * c, c)
+                fan = fan if l == 0 else fan.permute(1, 2, 0)
+                mt[K.SC:K.SX + 1] = (1, wd * c, c)
                 (kh, kw), (sy_, sx_) = m.kernel_size, m.stride
                 ytab, ny = _taps(h, ho, kh, sy_, m.padding[0], m.dilation[0])
                 xtab, nx = _taps(wd, wo, kw, sx_, m.padding[1], m.dilation[1])
@@ -424,7 +425,7 @@ class _Fused:
                                     f"layer {owner.names[l]} has {c}x{h}x{wd}: use backend=\"dense\"")
                 cc, yy, xx = np.meshgrid(np.arange(c), np.arange(h), np.arange(wd), indexing="ij")
                 packed = (cc << 16) | (yy << 8) | xx
-                pos.append((packed if chw else packed.transpose(1, 2, 0)).ravel().astype(np.int32))
+                pos.append(packed.transpose(1, 2, 0).ravel().astype(np.int32))
                 pos_off += n
             for tab, key in ((ytab, K.YT), (ny, K.NYO), (xtab, K.XT), (nx, K.NXO)):
                 mt[key] = n_taps
@@ -445,7 +446,7 @@ class _Fused:
         self.cross = np.array(cross, dtype=np.float64)
         self.W = np.concatenate(ws)
         self.taps = np.concatenate(taps).astype(np.int64)
-        self.FAN = np.concatenate(fans).astype(np.int64)
+        self.FAN = np.concatenate(fans).astype(np.int32)  # fan-outs are small; half the bytes to stream
         self.POS = np.concatenate(pos)[1:] if len(pos) > 1 else pos[0]
         self.BIAS = np.concatenate(biases).astype(np.float32)
         self.Z = np.zeros((rows, z_off), dtype=np.float32)
@@ -459,7 +460,7 @@ class _Fused:
         self.dz = np.zeros(max_z, dtype=np.float32)
         self.touched = np.zeros(max_z, dtype=np.uint8)
         self.counts = np.zeros((rows, len(flags)), dtype=np.int64)
-        self.xin = np.zeros(max_n, dtype=np.float32)
+        self.pover = np.zeros(-(-max_n // 8) * 8, dtype=np.uint8)  # conv1's per-pixel marks (scratch)
         last = meta[-1]
         self.out = slice(int(last[K.Z_OFF]), int(last[K.Z_OFF] + last[K.ZSIZE]))
 
@@ -477,7 +478,7 @@ class _Fused:
         while True:
             stop = K.fused_step(x, self.scale, self.has_scale, self.meta, self.th, self.cross, self.W, self.taps,
                                 self.POS, self.FAN, self.BIAS, self.Z, self.XR, fresh, drift_free, start, self.over, self.idx,
-                                self.val, self.n_sent, self.dz, self.touched, self.counts, self.xin)
+                                self.val, self.n_sent, self.dz, self.touched, self.counts, self.pover)
             if stop == layers:
                 break
             self._dense_delta(stop)
