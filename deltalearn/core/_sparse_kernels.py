@@ -172,6 +172,36 @@ def _axpy(dv, first, d0, w0, d1, w1, d2, w2, d3, w3, k):  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True, fastmath=True)
+def scatter_linear_row(W, cout, idx, val, m, dz, z):  # pragma: no cover - compiled
+    """A linear layer's :func:`scatter_row`: sent columns eight at a time into ``dz``, then ``z``.
+
+    Eight weight columns per pass over ``dz``: fc1 streams its columns from memory, and fewer
+    passes over the accumulator leave more of the bandwidth to them."""
+    dz[:cout] = 0.0
+    s = 0
+    while s + 8 <= m:
+        d0, d1, d2, d3 = val[s], val[s + 1], val[s + 2], val[s + 3]
+        d4, d5, d6, d7 = val[s + 4], val[s + 5], val[s + 6], val[s + 7]
+        q0, q1, q2, q3 = idx[s] * cout, idx[s + 1] * cout, idx[s + 2] * cout, idx[s + 3] * cout
+        q4, q5, q6, q7 = idx[s + 4] * cout, idx[s + 5] * cout, idx[s + 6] * cout, idx[s + 7] * cout
+        w0, w1, w2, w3 = W[q0:q0 + cout], W[q1:q1 + cout], W[q2:q2 + cout], W[q3:q3 + cout]
+        w4, w5, w6, w7 = W[q4:q4 + cout], W[q5:q5 + cout], W[q6:q6 + cout], W[q7:q7 + cout]
+        for o in range(cout):
+            dz[o] += ((d0 * w0[o] + d1 * w1[o]) + (d2 * w2[o] + d3 * w3[o])) + \
+                ((d4 * w4[o] + d5 * w5[o]) + (d6 * w6[o] + d7 * w7[o]))
+        s += 8
+    while s < m:
+        d0 = val[s]
+        q0 = idx[s] * cout
+        w0 = W[q0:q0 + cout]
+        for o in range(cout):
+            dz[o] += d0 * w0[o]
+        s += 1
+    for o in range(cout):
+        z[o] += dz[o]
+
+
+@njit(cache=True, nogil=True, fastmath=True)
 def scatter_row(W, mt, taps, pos, idx, val, m, dz, touched, z):  # pragma: no cover - compiled
     """One stream, one layer: each sent change times its weight slice into every output it feeds.
 
@@ -282,6 +312,10 @@ def fused_step(obs, scale, has_scale, meta, th, cross, W, taps, POS, FAN, BIAS, 
         Wl = W[mt[W_OFF]:mt[W_OFF] + mt[CIN] * mt[KH] * mt[KW] * mt[COUT]]
         pos = POS[mt[POS_]:mt[POS_] + n]
         for b in range(rows):
-            if n_sent[b] > 0:
+            if n_sent[b] == 0:
+                continue
+            if mt[H] == 1 and mt[WD] == 1 and mt[KH] == 1 and mt[KW] == 1:
+                scatter_linear_row(Wl, mt[COUT], idx[b], val[b], n_sent[b], dz, Z[b, z0:z0 + zs])
+            else:
                 scatter_row(Wl, mt, taps, pos, idx[b], val[b], n_sent[b], dz, touched, Z[b, z0:z0 + zs])
     return layers
