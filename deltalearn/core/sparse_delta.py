@@ -356,6 +356,47 @@ def fused_plan(owner: "DeltaNetwork") -> tuple[float | None, list[tuple[bool, bo
     return scale, layers
 
 
+def _pack_layer(l: int, name: str, m: nn.Module, weight: torch.Tensor, shape: tuple[int, ...], flat: bool,
+                prev_out: tuple[int, int, int] | None) -> dict:
+    """One weight layer in the fused path's layout: weight rows, fan-outs, tap tables, geometry.
+
+    Conv inputs are read channels-last (a pixel's channels adjacent), except conv1's raw frame,
+    whose references and fan-outs keep the frame's (c, h, w) order (``perm``); a linear layer after
+    a conv reads that conv's channels-last output, so its weight rows are permuted to match.
+    """
+    cout = weight.shape[0]
+    wm = (weight != 0).to(torch.float32)
+    if isinstance(m, nn.Conv2d):
+        c, h, wd = shape
+        if c >= 1 << 15 or h >= 256 or wd >= 256:
+            raise TypeError(f"backend='sparse' serves conv inputs up to 32767 channels and 255x255 pixels; "
+                            f"layer {name} has {c}x{h}x{wd}: use backend=\"dense\"")
+        args = dict(stride=m.stride, padding=m.padding, dilation=m.dilation)
+        ho, wo = F.conv2d(torch.zeros(1, c, h, wd), weight, **args).shape[2:]
+        probe = torch.zeros(1, c, h, wd, requires_grad=True)
+        with torch.enable_grad():
+            F.conv2d(probe, wm, **args).sum().backward()
+        fan = probe.grad[0].round().to(torch.int64)
+        (kh, kw), (sy, sx) = m.kernel_size, m.stride
+        cc, yy, xx = np.meshgrid(np.arange(c), np.arange(h), np.arange(wd), indexing="ij")
+        return dict(rows_w=weight.permute(1, 2, 3, 0).reshape(-1, cout).numpy(),
+                    fan=fan if l == 0 else fan.permute(1, 2, 0), perm=int(l == 0), strides=(1, wd * c, c),
+                    taps=(*_taps(h, ho, kh, sy, m.padding[0], m.dilation[0]),
+                          *_taps(wd, wo, kw, sx, m.padding[1], m.dilation[1])),
+                    dims=(c, h, wd, ho, wo, kh, kw), torch_w=weight, out=(cout, ho, wo),
+                    pos=((cc << 16) | (yy << 8) | xx).transpose(1, 2, 0).ravel().astype(np.int32))
+    c = int(shape[0])
+    rows_w = weight.t().numpy()
+    fan = wm.sum(dim=0).round().to(torch.int64)
+    if prev_out is not None and flat:
+        pc, ph, pw = prev_out
+        perm = np.arange(c).reshape(pc, ph, pw).transpose(1, 2, 0).ravel()
+        rows_w, fan = rows_w[perm], fan[torch.from_numpy(perm)]
+    one = _taps(1, 1, 1, 1, 0, 1)
+    return dict(rows_w=rows_w, fan=fan, perm=0, strides=(1, 1, 1), taps=(*one, *one), dims=(c, 1, 1, 1, 1, 1, 1),
+                torch_w=torch.from_numpy(np.ascontiguousarray(rows_w.T)), out=None, pos=None)
+
+
 class _Fused:
     """The fused path's state: every layer's weights, references and accumulators in flat pools,
     so one compiled call (:func:`~deltalearn.core._sparse_kernels.fused_step`) runs a whole step."""
@@ -380,52 +421,20 @@ class _Fused:
                 zip(owner.chain.weights, owner.weights, owner.biases, shapes, flags)):
             mt = meta[l]
             cout = weight.shape[0]
-            wm = (weight != 0).to(torch.float32)
-            if isinstance(m, nn.Conv2d):
-                c, h, wd = shape
-                args = dict(stride=m.stride, padding=m.padding, dilation=m.dilation)
-                ho, wo = F.conv2d(torch.zeros(1, c, h, wd), weight, **args).shape[2:]
-                rows_w = weight.permute(1, 2, 3, 0).reshape(-1, cout).numpy()
-                probe = torch.zeros(1, c, h, wd, requires_grad=True)
-                with torch.enable_grad():
-                    F.conv2d(probe, wm, **args).sum().backward()
-                fan = probe.grad[0].round().to(torch.int64)
-                # sends are listed channels-last (so a pixel's channels scatter as one group); the raw
-                # frame of conv1 keeps its references and fan-outs in its own (c, h, w) order (PERM)
-                mt[K.PERM] = int(l == 0)
-                fan = fan if l == 0 else fan.permute(1, 2, 0)
-                mt[K.SC:K.SX + 1] = (1, wd * c, c)
-                (kh, kw), (sy_, sx_) = m.kernel_size, m.stride
-                ytab, ny = _taps(h, ho, kh, sy_, m.padding[0], m.dilation[0])
-                xtab, nx = _taps(wd, wo, kw, sx_, m.padding[1], m.dilation[1])
-                self.torch_w.append((m, weight))
-                prev_out_next = (cout, ho, wo)
-            else:
-                c, h, wd, ho, wo, kh, kw = int(shape[0]), 1, 1, 1, 1, 1, 1
-                rows_w = weight.t().numpy()
-                fan = wm.sum(dim=0).round().to(torch.int64)
-                if prev_out is not None and flat:
-                    # a conv's channels-last output, flattened: read in that order, weights permuted to it
-                    pc, ph, pw = prev_out
-                    perm = np.arange(c).reshape(pc, ph, pw).transpose(1, 2, 0).ravel()
-                    rows_w, fan = rows_w[perm], fan[torch.from_numpy(perm)]
-                mt[K.SC:K.SX + 1] = (1, 1, 1)
-                ytab, ny = _taps(1, 1, 1, 1, 0, 1)
-                xtab, nx = ytab, ny
-                self.torch_w.append((m, torch.from_numpy(np.ascontiguousarray(rows_w.T))))
-                prev_out_next = None
+            g = _pack_layer(l, owner.names[l], m, weight, shape, flat, prev_out)
+            rows_w, fan, (ytab, ny, xtab, nx) = g["rows_w"], g["fan"], g["taps"]
+            c, h, wd, ho, wo, kh, kw = g["dims"]
+            mt[K.SC:K.SX + 1] = g["strides"]
+            mt[K.PERM] = g["perm"]
+            self.torch_w.append((m, g["torch_w"]))
+            prev_out_next = g["out"]
             n = int(np.prod(shape))
             mt[K.N], mt[K.CIN], mt[K.H], mt[K.WD], mt[K.WO], mt[K.COUT] = n, c, h, wd, wo, cout
             mt[K.KH], mt[K.KW], mt[K.RELU] = kh, kw, int(relu)
             mt[K.W_OFF], mt[K.Z_OFF], mt[K.ZSIZE], mt[K.X_OFF] = w_off, z_off, ho * wo * cout, x_off
             mt[K.B_OFF], mt[K.POS_] = z_off, pos_off
-            if isinstance(m, nn.Conv2d):
-                if c >= 1 << 15 or h >= 256 or wd >= 256:
-                    raise TypeError(f"backend='sparse' serves conv inputs up to 32767 channels and 255x255 pixels; "
-                                    f"layer {owner.names[l]} has {c}x{h}x{wd}: use backend=\"dense\"")
-                cc, yy, xx = np.meshgrid(np.arange(c), np.arange(h), np.arange(wd), indexing="ij")
-                packed = (cc << 16) | (yy << 8) | xx
-                pos.append(packed.transpose(1, 2, 0).ravel().astype(np.int32))
+            if g["pos"] is not None:
+                pos.append(g["pos"])
                 pos_off += n
             for tab, key in ((ytab, K.YT), (ny, K.NYO), (xtab, K.XT), (nx, K.NXO)):
                 mt[key] = n_taps
