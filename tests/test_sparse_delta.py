@@ -102,6 +102,15 @@ def test_which_chains_take_the_fused_path():
     assert dl.DeltaNetwork(tanh, 0.0, backend="sparse")._engine.plan is None
 
 
+def test_fused_path_takes_any_observation_dtype_the_network_does():
+    """Integer frames other than uint8 are cast as the QNetwork's preprocessing casts them."""
+    net = pruned(small_conv_net(3).eval())
+    frames = [torch.randint(0, 200, (2, *net.input_shape)) for _ in range(5)]
+    for dtype in (torch.uint8, torch.int16):
+        seq = [f.to(dtype) for f in frames]
+        assert_same(net, seq, 0.0, atol=1e-4)
+
+
 def test_fused_plain_sequential_matches_and_needs_float32():
     torch.manual_seed(5)
     plain = pruned(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 2, stride=2), nn.ReLU(),

@@ -356,6 +356,10 @@ def fused_plan(owner: "DeltaNetwork") -> tuple[float | None, list[tuple[bool, bo
     return scale, layers
 
 
+_KERNEL_INPUTS = (torch.uint8, torch.float32, torch.float64)
+"""Observation dtypes the fused kernels read directly (one compiled version each); others are cast first."""
+
+
 def _pack_layer(l: int, name: str, m: nn.Module, weight: torch.Tensor, shape: tuple[int, ...], flat: bool,
                 prev_out: tuple[int, int, int] | None) -> dict:
     """One weight layer in the fused path's layout: weight rows, fan-outs, tap tables, geometry.
@@ -479,6 +483,8 @@ class _Fused:
                              f"{', '.join(map(str, self.obs_shape))})")
         if self.float_input and obs.dtype != torch.float32:
             raise TypeError(f"backend='sparse' needs float32 layer inputs, got {obs.dtype}: use backend=\"dense\"")
+        if obs.dtype not in _KERNEL_INPUTS:
+            obs = obs.to(torch.float32)  # what the preprocessing's cast does first anyway
         x = obs.numpy() if obs.is_contiguous() else obs.contiguous().numpy()
         x = x.reshape(x.shape[0], -1)
         layers = self.meta.shape[0]
