@@ -52,8 +52,8 @@ class DeltaNetwork(nn.Module):
     with a dense torch conv2d / linear; ``backend="sparse"`` (:mod:`deltalearn.core.sparse_delta`)
     does the same update on the CPU with compiled kernels whose work grows with the changes sent,
     and falls back per layer to a dense pass of the delta when a layer sends more than
-    ``crossover`` of its inputs (default: measured per layer kind). Its :attr:`last_sent` stays
-    empty.
+    ``crossover`` of its inputs (default: measured per layer, see
+    :func:`~deltalearn.core.sparse_delta.layer_crossover`). Its :attr:`last_sent` stays empty.
     """
 
     def __init__(self, net: nn.Module, threshold: float | Sequence[float] = 0.0,

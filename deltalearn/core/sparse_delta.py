@@ -9,15 +9,20 @@ with kernels compiled by numba that touch only the sent changes:
   their precomputed fan-outs (the significant products each sent change takes part in), so
   counting is one addition per sent change;
 * a *scatter* pass adds each sent change times its weight slice to the accumulated
-  pre-activations ``z`` it touches: for a conv layer a 64-wide axpy per kernel position into the
+  pre-activations ``z`` it touches: for a conv layer a 32/64-wide axpy per kernel position into the
   outputs the input feeds (``z`` is kept channels-last so that axpy is contiguous), for a linear
   layer the sent weight columns.
 
+Two paths share these semantics. The **fused** path (:class:`_Fused`, kernels in
+:mod:`deltalearn.core._sparse_kernels`) serves chains of Conv2d / Linear, ReLU and flattening after an
+optional QNetwork input scaling (the Nature DQN, the MLPs): one compiled call runs the whole step,
+preprocessing included, for every stream. The **general** path (:class:`_Layer`) replays any other
+supported chain with torch and calls the kernels per weight layer.
+
 When a layer sends more than its ``crossover`` share of its inputs, the scatter loses to a dense
-pass, so the delta is rebuilt from the list and applied with torch instead. The rest of the network
-(preprocessing, activations, pooling, flattening) runs as torch operations of the traced chain, so
-any network the chain supports is served, with Conv2d (zero padding, no groups) and Linear layers
-in float32.
+pass, so the delta is rebuilt from the list and applied with torch instead; the default crossover
+of a layer is measured (:func:`layer_crossover`). Conv2d (zero padding, no groups) and Linear layers
+in float32 on the CPU are served; anything else fails in one line that ends in ``use backend="dense"``.
 """
 from __future__ import annotations
 
