@@ -201,6 +201,45 @@ def scatter_linear_row(W, cout, idx, val, m, dz, z):  # pragma: no cover - compi
         z[o] += dz[o]
 
 
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _axpy8(dv, first, d0, w0, d1, w1, d2, w2, d3, w3, d4, w4, d5, w5, d6, w6, d7, w7):  # pragma: no cover
+    """:func:`_axpy` over eight weight slices."""
+    cout = dv.shape[0]
+    if first:
+        for o in range(cout):
+            dv[o] = ((d0 * w0[o] + d1 * w1[o]) + (d2 * w2[o] + d3 * w3[o])) + \
+                ((d4 * w4[o] + d5 * w5[o]) + (d6 * w6[o] + d7 * w7[o]))
+    else:
+        for o in range(cout):
+            dv[o] += ((d0 * w0[o] + d1 * w1[o]) + (d2 * w2[o] + d3 * w3[o])) + \
+                ((d4 * w4[o] + d5 * w5[o]) + (d6 * w6[o] + d7 * w7[o]))
+
+
+@njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _scatter8(W, pos, idx, val, s, y, x, cout, kh, kw, taps, yt, nyo, xt, nxo, wo, dz, touched):  # pragma: no cover
+    """Eight sent channels of one pixel (``idx[s:s + 8]``) into every output position they feed."""
+    c0, c1, c2, c3 = pos[idx[s]] >> 16, pos[idx[s + 1]] >> 16, pos[idx[s + 2]] >> 16, pos[idx[s + 3]] >> 16
+    c4, c5, c6, c7 = pos[idx[s + 4]] >> 16, pos[idx[s + 5]] >> 16, pos[idx[s + 6]] >> 16, pos[idx[s + 7]] >> 16
+    d0, d1, d2, d3, d4, d5, d6, d7 = val[s], val[s + 1], val[s + 2], val[s + 3], val[s + 4], val[s + 5], \
+        val[s + 6], val[s + 7]
+    step = kh * kw * cout  # rows of one tap for consecutive channels
+    for jy in range(taps[nyo + y]):
+        ey = yt + (y * kh + jy) * 2
+        ky = taps[ey]
+        py = taps[ey + 1] * wo
+        for jx in range(taps[nxo + x]):
+            ex = xt + (x * kw + jx) * 2
+            p = py + taps[ex + 1]
+            t = (ky * kw + taps[ex]) * cout
+            q0, q1, q2, q3 = c0 * step + t, c1 * step + t, c2 * step + t, c3 * step + t
+            q4, q5, q6, q7 = c4 * step + t, c5 * step + t, c6 * step + t, c7 * step + t
+            first = touched[p] == 0
+            touched[p] = 1
+            _axpy8(dz[p * cout:(p + 1) * cout], first, d0, W[q0:q0 + cout], d1, W[q1:q1 + cout], d2,
+                   W[q2:q2 + cout], d3, W[q3:q3 + cout], d4, W[q4:q4 + cout], d5, W[q5:q5 + cout], d6,
+                   W[q6:q6 + cout], d7, W[q7:q7 + cout])
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def scatter_row(W, mt, taps, pos, idx, val, m, dz, touched, z):  # pragma: no cover - compiled
     """One stream, one layer: each sent change times its weight slice into every output it feeds.
@@ -234,11 +273,15 @@ def scatter_row(W, mt, taps, pos, idx, val, m, dz, touched, z):  # pragma: no co
             pix = e & 0xFFFF
             y = pix >> 8
             x = pix & 0xFF
-            # the run of sent changes at this pixel (up to 4, then 2, then 1)
+            # the run of sent changes at this pixel (up to 8, then 4, 2, 1)
             k = 1
-            while k < 4 and s + k < m and (pos[idx[s + k]] & 0xFFFF) == pix:
+            while k < 8 and s + k < m and (pos[idx[s + k]] & 0xFFFF) == pix:
                 k += 1
-            k = 4 if k == 4 else (2 if k >= 2 else 1)
+            if k == 8:
+                _scatter8(W, pos, idx, val, s, y, x, cout, kh, kw, taps, yt, nyo, xt, nxo, wo, dz, touched)
+                s += 8
+                continue
+            k = 4 if k >= 4 else (2 if k >= 2 else 1)
             c0 = e >> 16
             c1 = pos[idx[s + 1]] >> 16 if k > 1 else c0
             c2 = pos[idx[s + 2]] >> 16 if k > 2 else c0
