@@ -1,4 +1,4 @@
-"""The ``deltalearn`` command: train, distill, evaluate, count and reproduce."""
+"""The ``deltalearn`` command: train, distill, evaluate, count, reproduce and bench."""
 from __future__ import annotations
 
 import argparse
@@ -155,10 +155,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     progress = not a.json and not a.no_progress
     if a.heldout:  # the reporting episodes, never used to choose anything
         res = evaluate_heldout(a.env, net, sparsity=a.sparsity, threshold=a.threshold, epsilon=a.epsilon,
-                               name=name, record=a.record, progress=progress)
+                               name=name, record=a.record, progress=progress, backend=a.backend)
     else:
         res = evaluate(net, a.env, episodes=a.episodes, seed=a.seed, epsilon=a.epsilon, sparsity=a.sparsity,
-                       threshold=a.threshold, progress=progress)
+                       threshold=a.threshold, progress=progress, backend=a.backend)
     if a.json:
         print(json.dumps(res.to_dict()))
     else:
@@ -198,7 +198,39 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
                     sweep_sparsities=a.sweep_sparsities, sweep_thresholds=a.sweep_thresholds,
                     sweep_episodes=a.sweep_episodes, trajectory_steps=a.trajectory_steps,
                     trajectory_dir=a.trajectory_dir, max_steps=a.max_steps, progress=not a.no_progress, workers=a.workers,
-                    engine=a.engine, scheduler=a.scheduler, echo=print)
+                    engine=a.engine, scheduler=a.scheduler, echo=print, backend=a.backend)
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .study.bench import BENCH_FILE, bench, write_bench
+
+    if a.all:
+        clash = [o for o, v in (("--env", a.env), ("--agent", a.agent), ("--threshold", a.threshold),
+                                ("--json", a.json)) if v] + (["--batch"] if a.batch != 1 else [])
+        if clash:
+            raise ValueError(f"--all times the fixed suite: drop {', '.join(clash)}")
+        path = write_bench(a.out or BENCH_FILE, rounds=a.rounds, steps=a.steps, keep=a.keep,
+                           progress=not a.no_progress, games=a.only)
+        print(f"wrote {path}")
+        return 0
+    if a.out or a.only or a.keep:
+        raise ValueError("--out, --only and --keep go with --all")
+    if not a.env:
+        raise ValueError("name a game with --env (or time the whole suite with --all)")
+    res = bench(a.env, a.agent, a.threshold, batch=a.batch, rounds=a.rounds, steps=a.steps,
+                progress=not a.no_progress)
+    if a.json:
+        print(json.dumps(res.to_dict()))
+        return 0
+    th = res.threshold if isinstance(res.threshold, float) else ",".join(f"{t:g}" for t in res.threshold)
+    print(f"{res.agent} on {res.game}'s recorded episode, threshold {th}, batch {res.batch}: {res.steps} steps x "
+          f"{res.rounds} rounds, 1 thread, median ms per decision")
+    print(res.table())
+    print(f"sparse vs dense-backed delta: greedy actions equal on {res.agreement:.2%} of {res.steps * res.batch} "
+          f"decisions ({res.disagreements} differ{', all near-ties' if res.disagreements and res.near_ties else ''}"
+          f"), max |dQ| {res.max_abs_dq:.1e}, counts {'agree' if res.counts_close else 'DIFFER'}; "
+          f"{res.mults_per_decision:,.0f} multiplications per decision ({res.dense_mults_per_decision:,} dense)")
     return 0
 
 
@@ -283,6 +315,7 @@ def _add_distill(sub: Any) -> None:
 
 def _add_evaluate(sub: Any) -> None:
     from .rl.envs import ENV_NAMES
+    from .rl.evaluation import BACKENDS
 
     e = sub.add_parser("evaluate", help="play seeded episodes and count multiplications",
                        description="Play N seeded episodes with a shipped agent (or --checkpoint) as dense, "
@@ -306,6 +339,9 @@ def _add_evaluate(sub: Any) -> None:
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--threads", type=int, default=0,
                    help="torch threads (default 0: torch's default); 1 is faster beside a training run")
+    e.add_argument("--backend", choices=BACKENDS, default="dense",
+                   help="how a delta network (--threshold) runs: dense torch layers (default, the reference) or "
+                   "the sparse engine (faster on the CPU, same decisions and counts)")
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -327,6 +363,8 @@ def _add_count(sub: Any) -> None:
 
 def _add_reproduce(sub: Any) -> None:
     from .rl.envs import ENV_NAMES
+    from .rl.evaluation import BACKENDS
+    from .study.reproduce import REPRODUCE_BACKEND
     from .study.workers import ENGINES
 
     r = sub.add_parser("reproduce", help="write the paper's tables and sweeps for shipped agents",
@@ -371,6 +409,9 @@ def _add_reproduce(sub: Any) -> None:
     r.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="a running Dask scheduler, e.g. tcp://scheduler-host:8786 (needs pip install "
                    "'deltalearn[cluster]'); --out must be a folder its workers share")
+    r.add_argument("--backend", choices=BACKENDS, default=REPRODUCE_BACKEND,
+                   help=f"how the delta networks run: dense torch layers or the sparse engine; the files are the "
+                   f"same either way (default {REPRODUCE_BACKEND})")
     r.set_defaults(func=cmd_reproduce)
 
 
@@ -412,11 +453,52 @@ def _add_classroom(sub: Any) -> None:
     c.set_defaults(func=cmd_classroom)
 
 
+def _positive(text: str) -> int:
+    return _workers(text)
+
+
+def _add_bench(sub: Any) -> None:
+    b = sub.add_parser("bench", help="time dense torch against the delta network's dense and sparse backends",
+                       description="Replay a game's recorded episode through the best dense torch forward "
+                       "(default layout, and channels_last + inference_mode), the dense-backed delta network and "
+                       "the sparse engine with and without counting, interleaved in rounds on one thread; print "
+                       "the median ms per decision and the ratio to the best dense forward.")
+    b.add_argument("--env", "--game", dest="env", default=None, metavar="ENV",
+                   help="a game with a recorded episode: Breakout, SpaceInvaders, Robotank, BattleZone, Enduro, "
+                   "Freeway or CartPole-v1")
+    b.add_argument("--agent", default=None,
+                   help="a shipped agent of the game (default: the agent of its table setting, e.g. "
+                   "Breakout-pruned-0.79)")
+    b.add_argument("--threshold", type=_threshold, default=None,
+                   help="delta threshold, or one per weight layer separated by commas (default: the table "
+                   "setting's, 0.001)")
+    b.add_argument("--batch", type=_positive, default=1,
+                   help="streams side by side, as a vector env's: stream j replays the episode started j/B of "
+                   "the way in, wrapping around (default 1)")
+    b.add_argument("--rounds", type=_positive, default=7, help="interleaved rounds; the median is reported (default 7)")
+    b.add_argument("--steps", type=_positive, default=None,
+                   help="steps of the episode per round (default: the whole episode)")
+    b.add_argument("--json", action="store_true",
+                   help="print the result as JSON, with the sparse engine's greedy-action agreement, near-tie "
+                   "check and max |dQ| against the dense-backed delta network")
+    b.add_argument("--all", action="store_true",
+                   help="time the committed suite (every game at its table setting, Breakout at batch 4, "
+                   "Breakout and SpaceInvaders at thresholds 0-0.03) into --out")
+    b.add_argument("--out", default=None, help="with --all: the file to write (default: the package's "
+                   "deltalearn/data/bench/bench.json)")
+    b.add_argument("--only", nargs="+", default=None, metavar="GAME",
+                   help="with --all: only the suite's runs of these games")
+    b.add_argument("--keep", action="store_true",
+                   help="with --all: keep the file's other runs (re-time a few pieces only)")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deltalearn", description="Pruning + delta networks for DQN agents: "
-                                "train agents, evaluate them with fewer multiplications, count multiplications.")
+                                "train agents, evaluate them with fewer multiplications, count multiplications, time them.")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_distill, _add_evaluate, _add_count, _add_reproduce, _add_classroom):
+    for add in (_add_train, _add_distill, _add_evaluate, _add_count, _add_reproduce, _add_bench, _add_classroom):
         add(sub)
 
     g = sub.add_parser("agents", help="list the shipped agents with their scores and sparsity",

@@ -282,7 +282,7 @@ COUNT_RTOL: float = 2e-3
 """Relative tolerance per layer when significant-product counts behind float layers are compared
 across machines or kernel libraries (:func:`counts_close`): 2 in 1,000 of the layer's count.
 
-Measured by ``book/data/count_noise.py`` (results in ``book/data/count_noise.md``): the recorded
+Measured by ``book/scripts/count_noise.py`` (results in ``deltalearn/data/count_noise.md``): the recorded
 episodes of the six Atari games replayed at 5-13 cells of their committed sweeps with oneDNN on,
 oneDNN off, and with oneDNN/MKL/ATen limited to AVX2 (standing in for another CPU; it replays the
 committed sweeps exactly), and CartPole at all 84 cells of chapter 6's grid. Deviations from the

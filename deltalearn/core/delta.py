@@ -47,10 +47,18 @@ class DeltaNetwork(nn.Module):
     ``drift_free=False`` is the naive variant for teaching: it compares each input with the
     previous *input* instead of the last *transmitted* value, so sub-threshold changes are
     lost for good and the output drifts away from the dense network's.
+
+    ``backend="dense"`` (the default, the reference for the chapters and tests) applies each delta
+    with a dense torch conv2d / linear; ``backend="sparse"`` (:mod:`deltalearn.core.sparse_delta`)
+    does the same update on the CPU with compiled kernels whose work grows with the changes sent,
+    and falls back per layer to a dense pass of the delta when a layer sends more than
+    ``crossover`` of its inputs (default: measured per layer, see
+    :func:`~deltalearn.core.sparse_delta.layer_crossover`). Its :attr:`last_sent` stays empty.
     """
 
     def __init__(self, net: nn.Module, threshold: float | Sequence[float] = 0.0,
-                 drift_free: bool = True, example_input: torch.Tensor | None = None) -> None:
+                 drift_free: bool = True, example_input: torch.Tensor | None = None,
+                 backend: str = "dense", crossover: float | None = None) -> None:
         super().__init__()
         self.chain = trace_chain(net)
         """The network's operations; :meth:`Chain.run` replays them with a callback per weight layer."""
@@ -77,10 +85,21 @@ class DeltaNetwork(nn.Module):
         self.last_counts: torch.Tensor | None = None
         """Significant products of the last step, int64 (batch, layers)."""
         self.last_sent: list[torch.Tensor] = []
-        """Per weight layer, the boolean mask of input changes sent at the last step."""
+        """Per weight layer, the boolean mask of input changes sent at the last step (dense backend)."""
+        if backend not in ("dense", "sparse"):
+            raise ValueError(f"backend must be 'dense' or 'sparse', got {backend!r}")
+        if crossover is not None and backend != "sparse":
+            raise ValueError(f"crossover={crossover!r} only applies to backend='sparse'")
+        self.backend = backend
+        self._engine = None
+        if backend == "sparse":
+            from .sparse_delta import SparseEngine  # numba compiles on first use: import it only when asked
+            self._engine = SparseEngine(self, crossover)
 
     @property
     def batch_size(self) -> int | None:
+        if self._engine is not None:
+            return None if self._engine.fresh is None else int(self._engine.fresh.shape[0])
         return None if self.fresh is None else int(self.fresh.shape[0])
 
     def reset(self, rows: torch.Tensor | Sequence[int] | None = None) -> None:
@@ -88,6 +107,9 @@ class DeltaNetwork(nn.Module):
 
         The next step of a reset row is a dense pass that initialises its state.
         """
+        if self._engine is not None:
+            self._engine.reset(rows)
+            return
         if rows is None or self.fresh is None:
             self.x_ref, self.z, self.fresh = [], [], None
             return
@@ -122,7 +144,6 @@ class DeltaNetwork(nn.Module):
             return F.linear(d, w, b)
         return F.conv2d(d, w, b, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups)
 
-    @torch.no_grad()
     def forward(self, obs: torch.Tensor, count: bool = True) -> torch.Tensor:
         """One step for every row: returns the Q-values (batch, actions).
 
@@ -130,6 +151,13 @@ class DeltaNetwork(nn.Module):
         :attr:`last_counts`.
         """
         obs = torch.as_tensor(obs)
+        if self._engine is not None:  # its fused path runs no torch op, so no grad mode to set (~3 us a step)
+            return self._engine.forward(obs, count)
+        return self._dense_forward(obs, count)
+
+    @torch.no_grad()
+    def _dense_forward(self, obs: torch.Tensor, count: bool) -> torch.Tensor:
+        """The dense-backed step (``backend="dense"``)."""
         if self.fresh is None:
             self._init_state(obs)
         elif obs.shape[0] != self.fresh.shape[0]:

@@ -15,11 +15,35 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.counting import MultiplicationReport
+from ..core.delta import DeltaNetwork
 from ..core.nets import plain_copy
 from ..core.variants import Policy, Variant, as_variant
 from .envs import check_actions, example_observation, hns, is_atari, make_env
 
-__all__ = ["evaluate", "EvalResult", "replay", "ReplayResult", "default_epsilon", "record_trajectory"]
+__all__ = ["evaluate", "EvalResult", "replay", "ReplayResult", "default_epsilon", "record_trajectory", "BACKENDS",
+           "check_backend"]
+
+BACKENDS: tuple[str, ...] = ("dense", "sparse")
+"""How a delta network's updates run: ``dense`` (torch conv2d/linear on the whole delta, the reference)
+or ``sparse`` (compiled kernels whose work grows with the changes sent); both give the same decisions
+and counts (chapter "Does it run faster?")."""
+
+
+def check_backend(backend: str) -> str:
+    """Validate a delta-network backend name (one of :data:`BACKENDS`)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    return backend
+
+
+def _policy(net: nn.Module, variant: Variant, example: torch.Tensor, backend: str) -> Policy:
+    """``variant`` built on ``net``, its delta network (if any) on ``backend``."""
+    pol = Policy(net, variant, example_input=example)
+    if backend != "dense" and pol.delta is not None:
+        # same network, thresholds and drift as the Policy's own delta network, run by the other backend
+        d = pol.delta
+        pol.delta = DeltaNetwork(pol.net, d.thresholds, drift_free=d.drift_free, backend=backend)
+    return pol
 
 
 def default_epsilon(env: str) -> float:
@@ -77,25 +101,28 @@ class EvalResult:
 def evaluate(net: nn.Module, env: str, episodes: int = 10, seed: int = 0, variant: Variant | None = None, *,
              sparsity: float | None = None, threshold: float | Sequence[float] | None = None,
              epsilon: float | None = None, parallel: int = 8, record: bool = False, progress: bool = False,
-             max_steps: int | None = None) -> EvalResult:
+             max_steps: int | None = None, backend: str = "dense") -> EvalResult:
     """Play ``episodes`` seeded episodes of ``net`` as ``variant`` and count every decision's multiplications.
 
     ``variant`` (a :class:`~deltalearn.core.variants.Variant`, dense by default) says what runs;
     ``sparsity=`` and ``threshold=`` are shorthand for ``Variant(sparsity, threshold)``, and giving
     both forms is an error. ``net`` is any supported Q-network (it is copied, never changed).
     ``epsilon`` defaults to :func:`default_epsilon`. ``record=True`` keeps every episode's
-    observations and actions (for replays). ``max_steps`` caps an episode's length.
+    observations and actions (for replays). ``max_steps`` caps an episode's length. ``backend``
+    runs a delta variant's updates with dense torch layers (``"dense"``, the reference) or the sparse
+    engine (``"sparse"``, faster on the CPU, same decisions and counts): see :data:`BACKENDS`.
     Raises ValueError before any frame is played if the network's outputs are not the game's
     actions; a KeyboardInterrupt comes out saying how many episodes had finished.
     """
     variant = as_variant(variant, sparsity=sparsity, threshold=threshold, where="evaluate")
+    check_backend(backend)
     check_actions(net, env)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     eps = default_epsilon(env) if epsilon is None else float(epsilon)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
-    pol = Policy(net, variant, example_input=torch.as_tensor(example_observation(env))[None])
+    pol = _policy(net, variant, torch.as_tensor(example_observation(env))[None], backend)
     device = next(pol.net.parameters()).device
     n_slots = max(1, min(parallel, episodes))
     envs = [make_env(env) for _ in range(n_slots)]
@@ -185,15 +212,17 @@ class ReplayResult:
 
 def replay(net: nn.Module, observations: np.ndarray, variant: Variant | None = None, *,
            sparsity: float | None = None, threshold: float | Sequence[float] | None = None,
-           batch: int = 256, reference: nn.Module | np.ndarray | None = None) -> ReplayResult:
+           batch: int = 256, reference: nn.Module | np.ndarray | None = None, backend: str = "dense") -> ReplayResult:
     """Feed one recorded episode (steps, *obs_shape) through ``net`` as ``variant``; compare its
     greedy actions with a reference. Open loop: a cheap proxy for closed-loop scores.
 
     ``variant`` and the ``sparsity=``/``threshold=`` shorthand work as in :func:`evaluate`.
     ``reference`` is the network (or the array of actions) to agree with; by default ``net``
-    itself, which is the dense agent unless ``net`` was already pruned or fine-tuned.
+    itself, which is the dense agent unless ``net`` was already pruned or fine-tuned. ``backend``
+    is the delta network's, as in :func:`evaluate`.
     """
     variant = as_variant(variant, sparsity=sparsity, threshold=threshold, where="replay")
+    check_backend(backend)
     obs = torch.as_tensor(np.asarray(observations))
     if obs.ndim < 2 or len(obs) == 0:
         raise ValueError(f"observations must be one episode of shape (steps, *obs_shape) with steps >= 1, "
@@ -206,7 +235,7 @@ def replay(net: nn.Module, observations: np.ndarray, variant: Variant | None = N
         dense = plain_copy(net if reference is None else reference)
         with torch.no_grad():
             ref = torch.cat([dense(obs[i:i + batch]) for i in range(0, len(obs), batch)]).argmax(1).numpy()
-    pol = Policy(net, variant, example_input=obs[:1])
+    pol = _policy(net, variant, obs[:1], backend)
     qs, cs = [], []
     # a delta network steps one decision at a time, a dense one takes whole batches
     step = 1 if pol.delta is not None else batch

@@ -27,7 +27,7 @@ from ..store.agents import agent_names
 from ..store.checkpoint import atomic_write
 from ..core.counting import count_weights
 from ..rl.envs import check_actions
-from ..rl.evaluation import evaluate, replay
+from ..rl.evaluation import check_backend, evaluate, replay
 from ..core.nets import QNetwork, plain_copy
 from ..core.delta import check_threshold
 from ..core.pruning import check_sparsity, prune_network
@@ -38,7 +38,11 @@ from .settings import (HELDOUT_EPISODES, HELDOUT_SEED, OUR_SETTINGS, PAPER_SETTI
                        sweep_thresholds, table_setting)
 
 __all__ = ["reproduce_table", "reproduce_sweep", "reproduce_game", "reproduce_games", "default_games",
-           "ReproducedGame", "Reproduction", "write_results"]
+           "ReproducedGame", "Reproduction", "write_results", "REPRODUCE_BACKEND"]
+
+REPRODUCE_BACKEND = "dense"
+"""The delta-network backend a reproduction uses unless told otherwise (``backend=``, ``--backend``).
+Either writes the same files: the backend changes how long a run takes, not what it finds."""
 
 
 def _variants(sparsity: float, threshold: Threshold) -> list[tuple[str, float, float | None]]:
@@ -49,7 +53,7 @@ def _variants(sparsity: float, threshold: Threshold) -> list[tuple[str, float, f
 def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float | list[float], episodes: int = 10,
                     seed: int = 0, pruned_net: QNetwork | None = None, progress: bool = True,
                     max_steps: int | None = None, one_shot: bool = True,
-                    partial: str | os.PathLike | None = None) -> dict[str, Any]:
+                    partial: str | os.PathLike | None = None, backend: str = REPRODUCE_BACKEND) -> dict[str, Any]:
     """Scores and per-layer multiplications of the four variants on the same episodes.
 
     ``pruned_net`` is a fine-tuned pruned network to use for the pruned variants (already at
@@ -57,8 +61,10 @@ def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float |
     fifth row, ``pruned one-shot``, shows the score the dense net keeps when pruned without
     fine-tuning. ``partial`` names a JSON file that keeps each finished variant, so a long
     table (30 episodes of Robotank take an hour) killed midway resumes where it stopped.
+    ``backend`` runs the delta variants (``"dense"`` or ``"sparse"``, :data:`~deltalearn.rl.BACKENDS`).
     """
     check_sparsity(sparsity)
+    check_backend(backend)
     check_actions(net, env)
     if pruned_net is not None:
         check_actions(pruned_net, env, "the pruned network")
@@ -77,7 +83,7 @@ def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float |
             continue
         base = pruned_net if (s > 0 and pruned_net is not None and name != "pruned one-shot") else net
         res = evaluate(base, env, episodes=episodes, seed=seed, sparsity=0.0 if base is pruned_net else s,
-                       threshold=t, max_steps=max_steps)
+                       threshold=t, max_steps=max_steps, backend=backend)
         d = res.to_dict()
         d["variant"], d["sparsity"], d["threshold"] = name, s, t
         rows[name] = d
@@ -108,6 +114,7 @@ class _SweepContext:
     episodes: int
     seed: int
     max_steps: int | None
+    backend: str = REPRODUCE_BACKEND
 
 
 def _sweep_cell(ctx: _SweepContext, cell: tuple[float, Any]) -> dict[str, Any]:
@@ -116,7 +123,8 @@ def _sweep_cell(ctx: _SweepContext, cell: tuple[float, Any]) -> dict[str, Any]:
     th = None if t is None else (float(t) if np.isscalar(t) else [float(x) for x in t])
     tuned = s > 0 and s in ctx.pruned_nets
     base, s_apply = (ctx.pruned_nets[s], 0.0) if tuned else (ctx.net, s)
-    rep = replay(base, ctx.observations, sparsity=s_apply, threshold=th, reference=ctx.dense_actions)
+    rep = replay(base, ctx.observations, sparsity=s_apply, threshold=th, reference=ctx.dense_actions,
+                 backend=ctx.backend)
     row: dict[str, Any] = {"sparsity": s, "threshold": th, "fine_tuned": tuned,
                            "reduction": rep.report.reduction,
                            "significant_per_decision": rep.report.total_significant / rep.report.steps,
@@ -126,7 +134,7 @@ def _sweep_cell(ctx: _SweepContext, cell: tuple[float, Any]) -> dict[str, Any]:
                            **{f"significant_{l.name}": l.significant for l in rep.report.layers}}
     if ctx.episodes > 0:
         ev = evaluate(base, ctx.env, episodes=ctx.episodes, seed=ctx.seed, sparsity=s_apply, threshold=th,
-                      max_steps=ctx.max_steps)
+                      max_steps=ctx.max_steps, backend=ctx.backend)
         row.update(episodes=ctx.episodes, mean_score=ev.mean_score, std_score=ev.std_score,
                    closed_loop_reduction=ev.report.reduction)
     return row
@@ -136,7 +144,8 @@ def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsitie
                     thresholds: Sequence[float | Sequence[float] | None], episodes: int = 0, seed: int = 0,
                     progress: bool = True, max_steps: int | None = None,
                     pruned_nets: dict[float, QNetwork] | None = None, *, workers: int = 1,
-                    engine: str | None = None, scheduler: Any = None) -> list[dict[str, Any]]:
+                    engine: str | None = None, scheduler: Any = None,
+                    backend: str = REPRODUCE_BACKEND) -> list[dict[str, Any]]:
     """Reduction factor and action agreement (replay of ``observations``) for every grid cell;
     with ``episodes > 0`` also the closed-loop score over that many seeded episodes.
 
@@ -145,15 +154,17 @@ def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsitie
     already at that sparsity; other sparsities prune ``net`` one-shot. Agreement is always
     with the dense ``net``'s actions. The cells are independent: ``workers``, ``engine`` and
     ``scheduler`` run them in local processes or on a Dask cluster (:func:`map_tasks`), with
-    the rows in grid order as in a serial run.
+    the rows in grid order as in a serial run. ``backend`` runs the delta cells (``"dense"`` or
+    ``"sparse"``).
     """
     resolve_engine(workers, engine, scheduler)  # a bad option fails before any replay
+    check_backend(backend)
     pruned_nets = pruned_nets or {}
     if episodes > 0:  # closed-loop cells play the game: fail before the replays, not after
         for n in [net, *pruned_nets.values()]:
             check_actions(n, env)
     ctx = _SweepContext(net, env, observations, replay(net, observations).actions, pruned_nets, episodes, seed,
-                        max_steps)
+                        max_steps, backend)
     grid = [(s, t) for s in sparsities for t in thresholds]
     rows = iter_tasks(_sweep_cell, grid, shared=ctx, workers=workers, engine=engine, scheduler=scheduler)
     out = []
@@ -246,6 +257,7 @@ class _GamePlan:
     max_steps: int | None
     progress: bool
     partial: bool
+    backend: str = REPRODUCE_BACKEND
 
 
 PARTS: tuple[str, ...] = ("table", "sweep")
@@ -263,7 +275,7 @@ def _plan(env: str, out: str | os.PathLike, *, sparsity: float | None = None, th
           sweep_sparsities: Sequence[float] | None = None, sweep_thresholds: Sequence[Threshold] | None = None,
           sweep_episodes: int = 0, trajectory_steps: int | None = 3000,
           trajectory_dir: str | os.PathLike | None = None, max_steps: int | None = None,
-          progress: bool = True) -> _GamePlan:
+          progress: bool = True, backend: str = REPRODUCE_BACKEND) -> _GamePlan:
     """The settings of one game's run, with every default resolved and every value checked."""
     if heldout:  # the reporting episodes: tables only, no one-shot row
         clash = {k: v for k, v in (("episodes", episodes), ("seed", seed), ("parts", parts))
@@ -272,6 +284,7 @@ def _plan(env: str, out: str | os.PathLike, *, sparsity: float | None = None, th
             raise ValueError(f"heldout plays the {HELDOUT_EPISODES} held-out episodes from seed {HELDOUT_SEED}, "
                              f"table only: drop {', '.join(f'{k}={v!r}' for k, v in clash.items())}")
         episodes, seed, parts = HELDOUT_EPISODES, HELDOUT_SEED, ("table",)
+    check_backend(backend)
     parts = tuple(PARTS if parts is None else parts)
     bad = [p for p in parts if p not in PARTS]
     if bad or not parts:
@@ -287,7 +300,7 @@ def _plan(env: str, out: str | os.PathLike, *, sparsity: float | None = None, th
     return _GamePlan(env, out, s, t, 10 if episodes is None else episodes, 0 if seed is None else seed, parts,
                      not heldout, pruned, None if sweep_sparsities is None else tuple(sweep_sparsities),
                      None if sweep_thresholds is None else tuple(sweep_thresholds), sweep_episodes,
-                     trajectory_steps, trajectory_dir, max_steps, progress, True)
+                     trajectory_steps, trajectory_dir, max_steps, progress, True, backend)
 
 
 def _sweep_observations(plan: _GamePlan, dense: QNetwork, result: ReproducedGame) -> np.ndarray:
@@ -331,7 +344,7 @@ def _run_plan(plan: _GamePlan, workers: int = 1, engine: str | None = None, sche
         partial = Path(out) / f"{env}_table.partial.json" if plan.partial else None
         table = reproduce_table(dense, env, s, plan.threshold, episodes=plan.episodes, seed=plan.seed,
                                 pruned_net=pruned, progress=plan.progress, one_shot=plan.one_shot,
-                                max_steps=plan.max_steps, partial=partial)
+                                max_steps=plan.max_steps, partial=partial, backend=plan.backend)
         table["pruned_from"] = pruned_from
         result.table = table
         result.written += write_results(out, f"{env}_table", table)
@@ -341,7 +354,8 @@ def _run_plan(plan: _GamePlan, workers: int = 1, engine: str | None = None, sche
         thresholds = list(plan.sweep_thresholds or sweep_thresholds(env, len(layer_names(dense))))
         result.sweep = reproduce_sweep(dense, env, obs, grid, thresholds, episodes=plan.sweep_episodes,
                                        seed=plan.seed, progress=plan.progress, max_steps=plan.max_steps,
-                                       pruned_nets=tuned, workers=workers, engine=engine, scheduler=scheduler)
+                                       pruned_nets=tuned, workers=workers, engine=engine, scheduler=scheduler,
+                                       backend=plan.backend)
         paths = write_results(out, f"{env}_sweep", result.sweep)
         result.written += paths
         said(f"{env}: wrote {', '.join(str(p) for p in paths)}")
@@ -356,7 +370,7 @@ def reproduce_game(env: str, out: str | os.PathLike, *, sparsity: float | None =
                    trajectory_steps: int | None = 3000, trajectory_dir: str | os.PathLike | None = None,
                    max_steps: int | None = None, progress: bool = True, workers: int = 1,
                    engine: str | None = None, scheduler: Any = None,
-                   echo: Callable[[str], None] | None = None) -> ReproducedGame:
+                   echo: Callable[[str], None] | None = None, backend: str = REPRODUCE_BACKEND) -> ReproducedGame:
     """Reproduce one game's table and sweep from its shipped agents and write them into ``out``.
 
     The table (``{env}_table.json``) plays the four variants on ``episodes`` seeded episodes
@@ -370,7 +384,9 @@ def reproduce_game(env: str, out: str | os.PathLike, *, sparsity: float | None =
     ``trajectory_dir`` when the shipped one is of another agent. ``parts`` picks ``table``
     and/or ``sweep``; ``heldout=True`` plays the 30 held-out episodes, table only, without the
     one-shot row. ``workers``, ``engine`` and ``scheduler`` run the sweep's cells in parallel
-    (:func:`map_tasks`); ``echo`` gets one line per file written, as it is written.
+    (:func:`map_tasks`); ``echo`` gets one line per file written, as it is written. ``backend``
+    runs the delta networks (``"dense"`` or ``"sparse"``; default :data:`REPRODUCE_BACKEND`): the
+    files are the same either way.
     """
     resolve_engine(workers, engine, scheduler)
     pruned = _load_pruned(pruned_checkpoint)
@@ -378,7 +394,7 @@ def reproduce_game(env: str, out: str | os.PathLike, *, sparsity: float | None =
                  heldout=heldout, pruned=pruned, sweep_sparsities=sweep_sparsities,
                  sweep_thresholds=sweep_thresholds, sweep_episodes=sweep_episodes,
                  trajectory_steps=trajectory_steps, trajectory_dir=trajectory_dir, max_steps=max_steps,
-                 progress=progress)
+                 progress=progress, backend=backend)
     return _run_plan(plan, workers, engine, scheduler, echo)
 
 
