@@ -191,3 +191,16 @@ def test_evaluate_and_reproduce_commands_take_the_backend(backends, capsys, tmp_
     parser = cli.build_parser()
     assert parser.parse_args(["reproduce", "--backend", "sparse"]).backend == "sparse"
     assert parser.parse_args(["reproduce"]).backend == dl.study.REPRODUCE_BACKEND
+
+
+def test_load_crossover_gives_one_row_per_weight_layer_and_its_provenance(tmp_path):
+    df = dl.study.load_crossover()
+    agent = df.attrs["agent"]
+    assert list(df.index) == dl.layer_names(dl.load_agent(agent)), "one row per weight layer, in order"
+    n = len(df.attrs["fractions"])
+    assert all(len(t) == n for t in df["scatter_us"]) and all(len(t) == n for t in df["dense_fallback_us"])
+    assert df["crossover"].dropna().between(0, 1).all()
+    for key in ("machine", "date", "commit"):
+        assert key in df.attrs
+    with pytest.raises(ValueError, match="no crossover file"):
+        dl.study.load_crossover(tmp_path / "missing.json")

@@ -32,13 +32,14 @@ from tqdm.auto import tqdm
 
 from ..core.counting import counts_close, dense_counts, layer_names
 from ..core.delta import DeltaNetwork, check_threshold
+from ..core.sparse_delta import CROSSOVER_FILE
 from ..store.agents import agent_names, agent_record, load_agent
 from ..store.checkpoint import atomic_write
 from ..store.trajectories import DATA_DIR, load_trajectory, trajectory_names
 from .pruned_agents import agent_at
 from .settings import SIX_GAMES, table_setting
 
-__all__ = ["BENCH_FILE", "VARIANTS", "BenchResult", "bench", "bench_suite", "write_bench", "load_bench"]
+__all__ = ["BENCH_FILE", "VARIANTS", "BenchResult", "bench", "bench_suite", "write_bench", "load_bench", "load_crossover"]
 
 BENCH_FILE = DATA_DIR / "bench" / "bench.json"
 """The committed benchmark file: :func:`write_bench` writes it, :func:`load_bench` reads it."""
@@ -426,4 +427,23 @@ def load_bench(path: str | os.PathLike | None = None) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows)
     df.attrs.update({k: v for k, v in data.items() if k != "runs"})
+    return df
+
+
+def load_crossover(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The committed crossover measurement (``book/scripts/sparse_crossover.py``) as one row per layer.
+
+    Index: the layer's name. Columns: ``kind``, ``inputs``, ``outputs``, ``dense_layer_us`` (the plain
+    torch layer), ``scatter_us`` and ``dense_fallback_us`` (lists, one time per share sent, in us per
+    step), ``crossover`` (the share from which the scatter loses; NaN = never). ``attrs`` holds the
+    shares (``fractions``), ``agent``, ``threshold``, ``dense_forward_us``, ``machine``, ``date``,
+    ``commit`` and ``versions``, so a chapter can label its plot with where it was measured.
+    """
+    path = Path(path) if path is not None else CROSSOVER_FILE
+    if not path.is_file():
+        raise ValueError(f"no crossover file at {path}: book/scripts/sparse_crossover.py --out {path} writes one")
+    data = json.loads(path.read_text())
+    df = pd.DataFrame(data["layers"]).set_index("name")
+    df["crossover"] = df["crossover"].astype(float)
+    df.attrs = {k: v for k, v in data.items() if k != "layers"}
     return df
