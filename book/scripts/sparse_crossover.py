@@ -37,19 +37,10 @@ import torch
 
 import deltalearn as dl
 from deltalearn.core import _sparse_kernels as K
+from deltalearn.study.bench import _cpu as cpu_model  # the bench file names the CPU the same way
 
 FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
 OUT = Path(__file__).resolve().parents[2] / "deltalearn" / "data" / "bench" / "crossover.json"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def engine(net, obs, threshold, crossover):
