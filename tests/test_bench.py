@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import deltalearn as dl
-import deltalearn.rl.evaluation as evaluation
+import deltalearn.core.variants as variants
 from deltalearn import cli
 from deltalearn.study.bench import BENCH_FILE, VARIANTS, bench_suite, load_bench, write_bench
 
@@ -130,14 +130,14 @@ def test_the_committed_bench_file_holds_the_suite():
 
 @pytest.fixture
 def backends(monkeypatch):
-    """Every backend a delta network is built with by evaluation's policies."""
+    """Every backend a delta network is built with by the policies evaluation plays."""
     seen: list[str] = []
-    real = evaluation.DeltaNetwork
+    real = variants.DeltaNetwork
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("backend", "dense"))
         return real(*args, **kwargs)
-    monkeypatch.setattr(evaluation, "DeltaNetwork", spy)
+    monkeypatch.setattr(variants, "DeltaNetwork", spy)
     return seen
 
 
@@ -145,7 +145,7 @@ def test_evaluate_on_the_sparse_backend_plays_as_the_dense_one(backends):
     net = dl.load_agent("CartPole-v1")
     a = dl.evaluate(net, "CartPole-v1", episodes=2, threshold=0.01, max_steps=60)
     b = dl.evaluate(net, "CartPole-v1", episodes=2, threshold=0.01, max_steps=60, backend="sparse")
-    assert backends == ["sparse"]
+    assert backends == ["dense", "sparse"], "one delta network per policy, on the backend asked for"
     assert a.scores == b.scores and a.lengths == b.lengths
     assert dl.counts_close(a.report, b.report)
     with pytest.raises(ValueError, match="backend must be one of 'dense', 'sparse', got 'gpu'"):
@@ -157,20 +157,20 @@ def test_replay_on_the_sparse_backend_counts_as_the_dense_one(backends):
     obs = dl.load_trajectory("Breakout")["observations"][:30]
     a = dl.replay(net, obs, threshold=0.001)
     b = dl.replay(net, obs, threshold=0.001, backend="sparse")
-    assert backends == ["sparse"]
+    assert backends == ["dense", "sparse"], "one delta network per policy, on the backend asked for"
     assert np.array_equal(a.actions, b.actions) and np.abs(a.q_values - b.q_values).max() < 1e-3
     assert dl.counts_close(a.report, b.report)
     dl.replay(net, obs[:3], backend="sparse")  # no delta network: the backend has nothing to run
-    assert backends == ["sparse"]
+    assert backends == ["dense", "sparse"], "one delta network per policy, on the backend asked for"
 
 
 def test_reproduce_passes_the_backend_to_its_sweep_and_table(backends, tmp_path):
     kw = dict(sparsity=0.5, threshold=0.01, episodes=1, max_steps=30, sweep_sparsities=[0.0],
               sweep_thresholds=[0.01], progress=False)
     dense = dl.reproduce_game("CartPole-v1", tmp_path / "d", **kw)
-    assert backends == []
+    assert backends == ["dense"] * 3
     sparse = dl.reproduce_game("CartPole-v1", tmp_path / "s", backend="sparse", **kw)
-    assert backends == ["sparse"] * 3  # the table's delta and pruned+delta variants, the sweep's one cell
+    assert backends == ["dense"] * 3 + ["sparse"] * 3  # the table's delta and pruned+delta variants, the sweep's one cell
     assert sparse.sweep[0]["agreement"] == dense.sweep[0]["agreement"]
     assert dl.counts_close([sparse.sweep[0][f"significant_{l}"] for l in ("fc1", "fc2", "fc3")],
                            [dense.sweep[0][f"significant_{l}"] for l in ("fc1", "fc2", "fc3")])

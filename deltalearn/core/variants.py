@@ -156,11 +156,12 @@ class Policy:
     The network is copied (``net`` is never changed), pruned if the variant says so, and wrapped
     in a :class:`~deltalearn.core.delta.DeltaNetwork` if it has a threshold. ``example_input`` is
     one batch of observations (any values, the right shape and dtype); a network that does not
-    declare its ``input_shape`` needs it to be counted and delta-ized.
+    declare its ``input_shape`` needs it to be counted and delta-ized. ``backend`` is the delta
+    network's (``"dense"``, the reference, or ``"sparse"``, the compiled engine).
     """
 
     def __init__(self, net: nn.Module, variant: Variant | None = None,
-                 example_input: torch.Tensor | None = None) -> None:
+                 example_input: torch.Tensor | None = None, backend: str = "dense") -> None:
         self.variant = Variant() if variant is None else as_variant(variant)
         v = self.variant
         net = plain_copy(net)
@@ -172,7 +173,7 @@ class Policy:
         example = None if hasattr(net, "input_shape") or example_input is None else \
             torch.as_tensor(example_input, device=next(net.parameters()).device)
         self.delta = None if not v.is_delta else DeltaNetwork(net, v.threshold, drift_free=v.drift_free,
-                                                               example_input=example)
+                                                               example_input=example, backend=backend)
         self.names = layer_names(net)
         self.dense_per_step = dense_counts(net, example)
 

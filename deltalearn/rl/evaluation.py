@@ -15,7 +15,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.counting import MultiplicationReport
-from ..core.delta import DeltaNetwork
 from ..core.nets import plain_copy
 from ..core.variants import Policy, Variant, as_variant
 from .envs import check_actions, example_observation, hns, is_atari, make_env
@@ -34,16 +33,6 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     return backend
-
-
-def _policy(net: nn.Module, variant: Variant, example: torch.Tensor, backend: str) -> Policy:
-    """``variant`` built on ``net``, its delta network (if any) on ``backend``."""
-    pol = Policy(net, variant, example_input=example)
-    if backend != "dense" and pol.delta is not None:
-        # same network, thresholds and drift as the Policy's own delta network, run by the other backend
-        d = pol.delta
-        pol.delta = DeltaNetwork(pol.net, d.thresholds, drift_free=d.drift_free, backend=backend)
-    return pol
 
 
 def default_epsilon(env: str) -> float:
@@ -122,7 +111,7 @@ def evaluate(net: nn.Module, env: str, episodes: int = 10, seed: int = 0, varian
     eps = default_epsilon(env) if epsilon is None else float(epsilon)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
-    pol = _policy(net, variant, torch.as_tensor(example_observation(env))[None], backend)
+    pol = Policy(net, variant, example_input=torch.as_tensor(example_observation(env))[None], backend=backend)
     device = next(pol.net.parameters()).device
     n_slots = max(1, min(parallel, episodes))
     envs = [make_env(env) for _ in range(n_slots)]
@@ -235,7 +224,7 @@ def replay(net: nn.Module, observations: np.ndarray, variant: Variant | None = N
         dense = plain_copy(net if reference is None else reference)
         with torch.no_grad():
             ref = torch.cat([dense(obs[i:i + batch]) for i in range(0, len(obs), batch)]).argmax(1).numpy()
-    pol = _policy(net, variant, obs[:1], backend)
+    pol = Policy(net, variant, example_input=obs[:1], backend=backend)
     qs, cs = [], []
     # a delta network steps one decision at a time, a dense one takes whole batches
     step = 1 if pol.delta is not None else batch

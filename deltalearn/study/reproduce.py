@@ -42,7 +42,8 @@ __all__ = ["reproduce_table", "reproduce_sweep", "reproduce_game", "reproduce_ga
 
 REPRODUCE_BACKEND = "dense"
 """The delta-network backend a reproduction uses unless told otherwise (``backend=``, ``--backend``).
-Either writes the same files: the backend changes how long a run takes, not what it finds."""
+The backends sum in different orders, so a near-tie between two Q-values can break differently and
+change one episode (README, "Does it run faster?"): the committed tables keep the reference's."""
 
 
 def _variants(sparsity: float, threshold: Threshold) -> list[tuple[str, float, float | None]]:
