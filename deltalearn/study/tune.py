@@ -177,6 +177,8 @@ def _agents(net_or_env: nn.Module | str, env: str | None, cfg: TuneConfig) -> tu
         env = net_or_env
     elif not isinstance(net_or_env, nn.Module):
         raise TypeError(f"tune needs a Q-network or a game name, got {type(net_or_env).__name__}")
+    elif env is None:
+        raise ValueError("tune(net) needs the game the network plays, e.g. tune(net, 'CartPole-v1')")
     if env not in ENV_NAMES:
         raise ValueError(f"unknown environment {env!r}; known: {', '.join(ENV_NAMES)}")
     if isinstance(net_or_env, nn.Module):

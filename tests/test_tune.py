@@ -1,0 +1,121 @@
+"""The threshold tuner on CartPole: real input scales, agreement kept, cheapest confirmed, deterministic."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import deltalearn as dl
+
+ENV = "CartPole-v1"
+SMALL = dict(backend="dense", episodes=5, max_steps=300, budget=30, progress=False)
+
+
+@pytest.fixture(scope="module")
+def obs():
+    return dl.load_trajectory(ENV)["observations"]
+
+
+@pytest.fixture(scope="module")
+def result():
+    torch.set_num_threads(1)
+    return dl.study.tune(ENV, **SMALL)
+
+
+def test_input_scales_are_the_stds_of_each_layers_input(obs):
+    net = dl.load_agent(ENV)
+    with torch.no_grad():
+        h0 = net.preprocess(torch.as_tensor(obs)).double()
+        h1 = torch.relu(net.body[0](h0.float())).double()
+        h2 = torch.relu(net.body[2](h1.float())).double()
+    direct = [float(h.std(unbiased=False)) for h in (h0, h1, h2)]
+    assert dl.study.input_scales(net, obs) == pytest.approx(direct, rel=1e-5)
+    assert dl.study.input_scales(net, obs, batch=7) == pytest.approx(direct, rel=1e-5)
+
+
+def test_result_keeps_the_agreement_and_the_scales(result, obs):
+    cfg = result.config
+    assert result.confirmed and result.layers == ["fc1", "fc2", "fc3"]
+    assert result.scales[0.0] == pytest.approx(dl.study.input_scales(dl.load_agent(ENV), obs))
+    # checked independently of the tuner's own bookkeeping: replay the chosen thresholds
+    again = dl.replay(dl.load_agent(ENV), obs, threshold=result.thresholds)
+    assert again.agreement == pytest.approx(result.agreement)
+    assert again.agreement >= cfg.min_agreement
+    greedy = result.table[result.table.kind == "greedy"]
+    assert len(greedy) > 0  # the pass ran
+    kinds = set(result.table.kind)
+    assert {"uniform", "scaled"} <= kinds
+    assert len(result.table) <= cfg.budget
+
+
+def test_result_is_no_more_expensive_than_the_best_uniform_candidate(result):
+    t = result.table
+    chosen = t[t.thresholds.map(lambda x: x == result.thresholds)].iloc[0]
+    uniform_ok = t[(t.kind == "uniform") & t.passes]
+    assert chosen.significant <= uniform_ok.significant.min()
+    # every cheaper candidate that passed open loop was played and lost in closed loop
+    cheaper = t[t.passes & (t.significant < chosen.significant)]
+    assert (cheaper.closed_loop == "fail").all()
+    assert result.open_loop_reduction == pytest.approx(chosen.reduction)
+
+
+def test_the_paired_difference_is_against_the_dense_agent_on_the_tuning_seeds(result):
+    cfg = result.config
+    net = dl.load_agent(ENV)
+    dense = dl.evaluate(net, ENV, episodes=cfg.episodes, seed=cfg.seed, max_steps=cfg.max_steps)
+    tuned = dl.evaluate(net, ENV, episodes=cfg.episodes, seed=cfg.seed, max_steps=cfg.max_steps,
+                        threshold=result.thresholds)
+    assert result.paired == dl.paired_difference(dense.scores, tuned.scores)
+    assert result.reduction == pytest.approx(tuned.report.reduction)
+    assert result.paired.ci_low > -cfg.max_loss * dense.mean_score and result.paired.ci_high >= 0
+
+
+def test_same_seed_same_result(result):
+    again = dl.study.tune(dl.load_agent(ENV), ENV, **SMALL)
+    a, b = result.to_dict(), again.to_dict()
+    a.pop("cpu_seconds"), b.pop("cpu_seconds")
+    a.pop("agent"), b.pop("agent")  # a network passed in has no name
+    assert a == b
+    json.dumps(result.to_dict())  # a committed file needs plain values
+
+
+def test_a_loss_in_closed_loop_is_rejected():
+    # at agreement 0.45 the open-loop proxy lets through settings that drop the pole at once
+    r = dl.study.tune(ENV, **{**SMALL, "budget": 18, "confirmations": 2}, min_agreement=0.45)
+    played = r.table[r.table.closed_loop.notna()]
+    assert len(played) == 2 and (played.closed_loop == "fail").all()
+    assert (played.ci_high < 0).all()
+    assert not r.confirmed and r.kind == "fallback" and r.thresholds == [0.0, 0.0, 0.0]
+
+
+def test_several_sparsities_are_searched():
+    r = dl.study.tune(ENV, **{**SMALL, "budget": 8, "episodes": 3}, sparsities=(0.0, 0.5))
+    assert set(r.scales) == {0.0, 0.5} and set(r.table.sparsity) == {0.0, 0.5}
+    assert r.sparsity in (0.0, 0.5)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(min_agreement=0.0), "min_agreement must be in \\(0, 1\\]"),
+    (dict(min_agreement=1.2), "min_agreement must be in \\(0, 1\\]"),
+    (dict(budget=-1), "budget must be >= 1"),
+    (dict(episodes=1), "episodes must be >= 2"),
+    (dict(seed=1010), "overlap the held-out seeds"),
+    (dict(backend="gpu"), "backend must be one of"),
+    (dict(sparsities=(1.0,)), "sparsities must be"),
+])
+def test_bad_settings_are_named(kw, match):
+    with pytest.raises(ValueError, match=match):
+        dl.study.tune(ENV, progress=False, **kw)
+
+
+def test_bad_targets_are_named():
+    with pytest.raises(ValueError, match="unknown environment 'Pacman'"):
+        dl.study.tune("Pacman", progress=False)
+    with pytest.raises(ValueError, match="needs the game the network plays"):
+        dl.study.tune(dl.load_agent(ENV), progress=False)
+    with pytest.raises(ValueError, match="give the game once"):
+        dl.study.tune(ENV, "Breakout", progress=False)
+    with pytest.raises(TypeError, match="Q-network or a game name"):
+        dl.study.tune(3, ENV, progress=False)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        dl.study.tune(ENV, progress=False, thresholds=0.1)
