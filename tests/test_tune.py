@@ -119,3 +119,8 @@ def test_bad_targets_are_named():
         dl.study.tune(3, ENV, progress=False)
     with pytest.raises(TypeError, match="unexpected keyword"):
         dl.study.tune(ENV, progress=False, thresholds=0.1)
+
+
+def test_the_open_loop_search_alone_matches_the_tuners_table(result, obs):
+    t = dl.study.search_open_loop(dl.load_agent(ENV), obs, result.config)
+    assert t.drop(columns="closed_loop").equals(result.table[t.columns].drop(columns="closed_loop"))

@@ -31,7 +31,7 @@ from .pruned_agents import agent_at
 from .settings import HELDOUT_EPISODES, HELDOUT_SEED
 from .stats import PairedDifference, paired_difference
 
-__all__ = ["TuneConfig", "TuneResult", "tune", "input_scales"]
+__all__ = ["TuneConfig", "TuneResult", "tune", "input_scales", "search_open_loop"]
 
 
 @dataclass(frozen=True)
@@ -241,6 +241,19 @@ class _Search:
                     break
                 if row["passes"] and row["significant"] < best["significant"]:
                     best, improved = row, True
+
+
+def search_open_loop(net: nn.Module, observations: np.ndarray, config: TuneConfig | None = None, *,
+                     sparsity: float = 0.0, progress: bool = False, **overrides: Any) -> pd.DataFrame:
+    """The open-loop half of :func:`tune` for one network: uniform, scaled and greedy candidates
+    replayed on ``observations``, one row each (as in :attr:`TuneResult.table`, nothing played in
+    closed loop). Cheap enough to compare the three families on an Atari episode."""
+    cfg = replace(config or TuneConfig(), **overrides).check()
+    obs = np.asarray(observations)
+    with tqdm(total=cfg.budget, desc="open loop", disable=not progress) as bar:
+        search = _Search(net, sparsity, obs, cfg, lambda: bar.update(1))
+        search.run(input_scales(net, obs))
+    return pd.DataFrame(search.rows)
 
 
 def _confirm(env: str, agents: dict[float, nn.Module], dense_scores: list[float], rows: list[dict[str, Any]],
