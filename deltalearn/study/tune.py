@@ -56,7 +56,8 @@ class TuneConfig:
     uniform: tuple[float, ...] = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1)
     """The uniform candidates: one threshold for every layer, as in the paper."""
     greedy_factor: float = 2.0
-    """How much the greedy pass multiplies one layer's threshold per step (> 1)."""
+    """How much the greedy pass first multiplies one layer's threshold per step (> 1); when no layer
+    can take that step, the step shrinks to its square root, down to 5%."""
     sparsities: tuple[float, ...] = (0.0,)
     """The agents considered when tuning a game by name: ``agent_at(env, s)`` for each ``s``."""
     max_loss: float = 0.15
@@ -230,17 +231,21 @@ class _Search:
         best = min(passing, key=lambda r: r["significant"])
         # a layer at 0 starts from its smallest scaled step, so the pass can open it at all
         first = [min((c for c in self.cfg.multipliers if c > 0), default=1e-3) * s or 1e-3 for s in scales]
-        improved = True
-        while improved and not self.spent:
+        # when no layer can take a full step, finer steps (the square root of the factor) use the
+        # rest of the budget, down to steps of 5%
+        factor = self.cfg.greedy_factor
+        while factor > 1.05 and not self.spent:
             improved = False
             for k in range(n):
                 ths = list(best["thresholds"])
-                ths[k] = ths[k] * self.cfg.greedy_factor if ths[k] > 0 else first[k]
+                ths[k] = ths[k] * factor if ths[k] > 0 else first[k]
                 row = self.try_("greedy", ths)
                 if row is None:
                     break
                 if row["passes"] and row["significant"] < best["significant"]:
                     best, improved = row, True
+            if not improved:
+                factor = math.sqrt(factor)
 
 
 def search_open_loop(net: nn.Module, observations: np.ndarray, config: TuneConfig | None = None, *,
