@@ -62,8 +62,9 @@ class TuneConfig:
     """The agents considered when tuning a game by name: ``agent_at(env, s)`` for each ``s``."""
     max_loss: float = 0.15
     """Largest score loss, as a share of the dense mean, the lower end of the interval may reach."""
-    confirmations: int = 5
-    """Most closed-loop confirmations in all, cheapest open-loop candidates first."""
+    confirmations: int = 8
+    """Most closed-loop plays in all, cheapest open-loop candidates first (an agent that loses is also
+    played at threshold 0 once, to drop it when it loses on its own)."""
     backend: str = "sparse"
     """The delta network's backend for replays and evaluations (``"dense"`` or ``"sparse"``)."""
     agent_directory: str | None = None
@@ -263,19 +264,46 @@ def search_open_loop(net: nn.Module, observations: np.ndarray, config: TuneConfi
 
 def _confirm(env: str, agents: dict[float, nn.Module], dense_scores: list[float], rows: list[dict[str, Any]],
              cfg: TuneConfig, tick: Callable[[], None]) -> tuple[dict[str, Any] | None, Any, PairedDifference | None]:
-    """Play the cheapest open-loop candidates in closed loop until one shows no detectable loss."""
+    """Play the cheapest open-loop candidates in closed loop until one shows no detectable loss.
+
+    When a candidate loses, its agent is played at threshold 0 (once): an agent that loses on its
+    own (pruned too far) is dropped with all its candidates, so the plays go to the other agents.
+    """
     floor = -cfg.max_loss * abs(float(np.mean(dense_scores)))
     order = sorted((r for r in rows if r["passes"]), key=lambda r: (r["significant"], r["sparsity"]))
-    for row in order[:cfg.confirmations]:
-        res = evaluate(agents[row["sparsity"]], env, episodes=cfg.episodes, seed=cfg.seed, threshold=row["thresholds"],
-                       max_steps=cfg.max_steps, backend=cfg.backend)
+    left = cfg.confirmations
+    alone: dict[float, bool] = {}
+    played: dict[int, tuple] = {}
+
+    def play(row: dict[str, Any]) -> bool:
+        nonlocal left
+        left -= 1
+        res = evaluate(agents[row["sparsity"]], env, episodes=cfg.episodes, seed=cfg.seed,
+                       threshold=row["thresholds"], max_steps=cfg.max_steps, backend=cfg.backend)
         tick()
         pd_ = paired_difference(dense_scores, res.scores)
         ok = pd_.ci_high >= 0 and pd_.ci_low > floor
         row.update(closed_loop="pass" if ok else "fail", closed_loop_mean=res.mean_score,
                    closed_loop_reduction=res.report.reduction, ci_low=pd_.ci_low, ci_high=pd_.ci_high)
-        if ok:
-            return row, res, pd_
+        played[id(row)] = (res, pd_)
+        return ok
+
+    for row in order:
+        s = row["sparsity"]
+        if id(row) in played:  # an agent alone played earlier: its verdict stands
+            if row["closed_loop"] == "pass":
+                return row, *played[id(row)]
+            continue
+        if alone.get(s) is False:
+            continue
+        if left <= 0:
+            continue  # out of plays: a cheaper one is never played, but an agent alone that passed still counts
+        if play(row):
+            return row, *played[id(row)]
+        if s not in alone and left > 0:
+            zero = next((r for r in order if r["sparsity"] == s and not any(r["thresholds"])), None)
+            if zero is not None:
+                alone[s] = play(zero) if id(zero) not in played else zero["closed_loop"] == "pass"
     return None, None, None
 
 
