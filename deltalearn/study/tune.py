@@ -51,7 +51,7 @@ class TuneConfig:
     """Paired closed-loop episodes per confirmation (>= 2, a paired interval needs two)."""
     max_steps: int | None = None
     """Step cap of a closed-loop episode (``None``: the game's own end)."""
-    multipliers: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+    multipliers: tuple[float, ...] = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
     """The ``c`` of the scaled candidates ``theta_k = c * std_k``."""
     uniform: tuple[float, ...] = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1)
     """The uniform candidates: one threshold for every layer, as in the paper."""
