@@ -121,6 +121,7 @@ def test_an_agent_that_loses_on_its_own_is_dropped(obs):
     (dict(seed=1010), "overlap the held-out seeds"),
     (dict(backend="gpu"), "backend must be one of"),
     (dict(sparsities=(1.0,)), "sparsities must be"),
+    (dict(sparsities=(0.5, 0.5)), "distinct"),
 ])
 def test_bad_settings_are_named(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -90,8 +90,9 @@ class TuneConfig:
             vals = getattr(self, name)
             if any(not math.isfinite(v) or v < 0 for v in vals):
                 raise ValueError(f"{name} must be finite numbers >= 0, got {vals!r}")
-        if not self.sparsities or any(not 0 <= s < 1 for s in self.sparsities):
-            raise ValueError(f"sparsities must be one or more numbers in [0, 1), got {self.sparsities!r}")
+        if not self.sparsities or any(not 0 <= s < 1 for s in self.sparsities) or len(set(self.sparsities)) < len(
+                self.sparsities):
+            raise ValueError(f"sparsities must be one or more distinct numbers in [0, 1), got {self.sparsities!r}")
         check_backend(self.backend)
         if self.seed < HELDOUT_SEED + HELDOUT_EPISODES and self.seed + self.episodes > HELDOUT_SEED:
             raise ValueError(f"tuning seeds {self.seed}..{self.seed + self.episodes - 1} overlap the held-out "
@@ -184,7 +185,7 @@ def _agents(net_or_env: nn.Module | str, env: str | None, cfg: TuneConfig) -> tu
     if env not in ENV_NAMES:
         raise ValueError(f"unknown environment {env!r}; known: {', '.join(ENV_NAMES)}")
     if isinstance(net_or_env, nn.Module):
-        return env, [(net_or_env.eval(), 0.0, None)], net_or_env
+        return env, [(net_or_env, 0.0, None)], net_or_env
     found = [agent_at(env, s, cfg.agent_directory) for s in cfg.sparsities]
     dense = agent_at(env, 0.0, cfg.agent_directory).net
     return env, [(a.net, a.sparsity, a.name) for a in found], dense
