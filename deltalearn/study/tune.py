@@ -187,7 +187,7 @@ def _agents(net_or_env: nn.Module | str, env: str | None, cfg: TuneConfig) -> tu
     if isinstance(net_or_env, nn.Module):
         return env, [(net_or_env, 0.0, None)], net_or_env
     found = [agent_at(env, s, cfg.agent_directory) for s in cfg.sparsities]
-    dense = agent_at(env, 0.0, cfg.agent_directory).net
+    dense = next((a.net for a in found if a.sparsity == 0), None) or agent_at(env, 0.0, cfg.agent_directory).net
     return env, [(a.net, a.sparsity, a.name) for a in found], dense
 
 
@@ -263,8 +263,9 @@ def search_open_loop(net: nn.Module, observations: np.ndarray, config: TuneConfi
     return pd.DataFrame(search.rows)
 
 
-def _confirm(env: str, agents: dict[float, nn.Module], dense_scores: list[float], rows: list[dict[str, Any]],
-             cfg: TuneConfig, tick: Callable[[], None]) -> tuple[dict[str, Any] | None, Any, PairedDifference | None]:
+def _confirm(env: str, agents: dict[float, nn.Module], dense: nn.Module, dense_scores: list[float],
+             rows: list[dict[str, Any]], cfg: TuneConfig,
+             tick: Callable[[], None]) -> tuple[dict[str, Any] | None, Any, PairedDifference | None]:
     """Play the cheapest open-loop candidates in closed loop until one shows no detectable loss.
 
     When a candidate loses, its agent is played at threshold 0 (once): an agent that loses on its
@@ -273,7 +274,8 @@ def _confirm(env: str, agents: dict[float, nn.Module], dense_scores: list[float]
     floor = -cfg.max_loss * abs(float(np.mean(dense_scores)))
     order = sorted((r for r in rows if r["passes"]), key=lambda r: (r["significant"], r["sparsity"]))
     left = cfg.confirmations
-    alone: dict[float, bool] = {}
+    # the dense agent alone is the reference itself: it cannot lose, so no play is spent on it
+    alone: dict[float, bool] = {s: True for s, net in agents.items() if net is dense}
     played: dict[int, tuple] = {}
 
     def play(row: dict[str, Any]) -> bool:
@@ -335,7 +337,7 @@ def tune(net_or_env: nn.Module | str, env: str | None = None, config: TuneConfig
         dense_res = evaluate(dense, env, episodes=cfg.episodes, seed=cfg.seed, max_steps=cfg.max_steps)
         bar.update(1)
         nets = {s: net for net, s, _ in agents}
-        row, res, paired = _confirm(env, nets, dense_res.scores, rows, cfg, lambda: bar.update(1))
+        row, res, paired = _confirm(env, nets, dense, dense_res.scores, rows, cfg, lambda: bar.update(1))
     finally:
         bar.close()
     names = {s: name for _, s, name in agents}
