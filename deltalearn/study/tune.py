@@ -47,8 +47,9 @@ class TuneConfig:
     seed: int = 2000
     """First tuning seed: the closed-loop episodes use environment seeds ``seed, seed + 1, ...``
     (kept apart from the held-out seeds 1000-1029)."""
-    episodes: int = 10
-    """Paired closed-loop episodes per confirmation (>= 2, a paired interval needs two)."""
+    episodes: int = 30
+    """Paired closed-loop episodes per confirmation (>= 2, a paired interval needs two). Fewer than
+    about 30 leave Breakout's interval wider than the allowed loss, so nothing passes."""
     max_steps: int | None = None
     """Step cap of a closed-loop episode (``None``: the game's own end)."""
     multipliers: tuple[float, ...] = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
