@@ -8,10 +8,11 @@ from .settings import *  # noqa: F401,F403
 from .shipped import *  # noqa: F401,F403
 from .stats import *  # noqa: F401,F403
 from .workers import *  # noqa: F401,F403
-from . import bench as _bench_module, heldout, pruned_agents, reproduce, results, settings, shipped, stats, workers
+from . import bench as _bench_module, heldout, pruned_agents, reproduce, results, settings, shipped, stats, tune as _tune_module, workers
 
 __all__ = (_bench_module.__all__ + heldout.__all__ + pruned_agents.__all__ + results.__all__ + reproduce.__all__
-           + settings.__all__ + shipped.__all__ + stats.__all__ + workers.__all__)
+           + settings.__all__ + shipped.__all__ + stats.__all__ + _tune_module.__all__ + workers.__all__)
 
-# last: the function dl.study.bench, not its module (deltalearn.study.bench stays importable by name)
+# last: the functions dl.study.bench and dl.study.tune, not their modules (deltalearn.study.bench stays importable by name)
 from .bench import *  # noqa: F401,F403,E402
+from .tune import *  # noqa: F401,F403,E402

@@ -1,0 +1,351 @@
+"""Tune a delta network's per-layer thresholds (and the agent's sparsity) for the fewest multiplications.
+
+The paper uses one threshold for every layer. A layer's input scale differs from layer to layer
+(in Robotank the pixels vary 13x more than the fc inputs), so one threshold is held back by the
+layer with the smallest inputs. :func:`tune` searches three families of settings on one recorded
+episode, open loop (cheap): uniform thresholds, thresholds scaled to each layer's input
+(``theta_k = c * std_k``), and a greedy per-layer pass that raises one layer's threshold at a time
+while the action agreement stays at or above ``min_agreement``. It then plays the cheapest
+candidates in closed loop on tuning seeds, paired with the dense agent, and returns the cheapest
+one with no detectable loss: the 95% interval of the paired difference does not lie below 0 and
+its lower end is above ``-max_loss`` of the dense mean. Held-out seeds are never used here.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core.chain import trace_chain
+from ..rl.envs import ENV_NAMES
+from ..rl.evaluation import check_backend, evaluate, replay
+from ..store.trajectories import load_trajectory
+from .pruned_agents import agent_at
+from .settings import HELDOUT_EPISODES, HELDOUT_SEED
+from .stats import PairedDifference, paired_difference
+
+__all__ = ["TuneConfig", "TuneResult", "tune", "input_scales", "search_open_loop"]
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """What :func:`tune` searches and how hard it looks."""
+
+    budget: int = 60
+    """Most settings replayed open loop per agent (uniform, scaled and greedy steps together); the
+    greedy pass stops when it is spent. Must be >= 1."""
+    min_agreement: float = 0.98
+    """Least open-loop action agreement (with the agent's own threshold-0 actions on the recorded
+    episode) a candidate needs to be kept; in (0, 1]."""
+    seed: int = 2000
+    """First tuning seed: the closed-loop episodes use environment seeds ``seed, seed + 1, ...``
+    (kept apart from the held-out seeds 1000-1029)."""
+    episodes: int = 30
+    """Paired closed-loop episodes per confirmation (>= 2, a paired interval needs two). Fewer than
+    about 30 leave Breakout's interval wider than the allowed loss, so nothing passes."""
+    max_steps: int | None = None
+    """Step cap of a closed-loop episode (``None``: the game's own end)."""
+    multipliers: tuple[float, ...] = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+    """The ``c`` of the scaled candidates ``theta_k = c * std_k``."""
+    uniform: tuple[float, ...] = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1)
+    """The uniform candidates: one threshold for every layer, as in the paper."""
+    greedy_factor: float = 2.0
+    """How much the greedy pass first multiplies one layer's threshold per step (> 1); when no layer
+    can take that step, the step shrinks to its square root, down to 5%."""
+    sparsities: tuple[float, ...] = (0.0,)
+    """The agents considered when tuning a game by name: ``agent_at(env, s)`` for each ``s``."""
+    max_loss: float = 0.15
+    """Largest score loss, as a share of the dense mean, the lower end of the interval may reach."""
+    confirmations: int = 8
+    """Most closed-loop plays in all, cheapest open-loop candidates first (an agent that loses is also
+    played at threshold 0 once, to drop it when it loses on its own)."""
+    backend: str = "sparse"
+    """The delta network's backend for replays and evaluations (``"dense"`` or ``"sparse"``)."""
+    agent_directory: str | None = None
+    """Where :func:`~deltalearn.study.agent_at` looks for agents (the shipped ones by default)."""
+
+    def check(self) -> "TuneConfig":
+        """Raise ValueError naming the first bad field; return self."""
+        if not 0 < self.min_agreement <= 1:
+            raise ValueError(f"min_agreement must be in (0, 1], got {self.min_agreement!r}")
+        if self.budget < 1:
+            raise ValueError(f"budget must be >= 1 open-loop replay, got {self.budget!r}")
+        if self.episodes < 2:
+            raise ValueError(f"episodes must be >= 2 (a paired interval needs two), got {self.episodes!r}")
+        if self.confirmations < 1:
+            raise ValueError(f"confirmations must be >= 1, got {self.confirmations!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps!r}")
+        if self.greedy_factor <= 1:
+            raise ValueError(f"greedy_factor must be > 1, got {self.greedy_factor!r}")
+        if not 0 <= self.max_loss < 1:
+            raise ValueError(f"max_loss must be in [0, 1), got {self.max_loss!r}")
+        for name in ("multipliers", "uniform"):
+            vals = getattr(self, name)
+            if any(not math.isfinite(v) or v < 0 for v in vals):
+                raise ValueError(f"{name} must be finite numbers >= 0, got {vals!r}")
+        if not self.sparsities or any(not 0 <= s < 1 for s in self.sparsities) or len(set(self.sparsities)) < len(
+                self.sparsities):
+            raise ValueError(f"sparsities must be one or more distinct numbers in [0, 1), got {self.sparsities!r}")
+        check_backend(self.backend)
+        if self.seed < HELDOUT_SEED + HELDOUT_EPISODES and self.seed + self.episodes > HELDOUT_SEED:
+            raise ValueError(f"tuning seeds {self.seed}..{self.seed + self.episodes - 1} overlap the held-out "
+                             f"seeds {HELDOUT_SEED}..{HELDOUT_SEED + HELDOUT_EPISODES - 1}")
+        return self
+
+
+@dataclass
+class TuneResult:
+    """The setting :func:`tune` chose, how it was found and what it cost to find."""
+
+    env: str
+    layers: list[str]
+    """The weight layers' names, in the order of :attr:`thresholds`."""
+    thresholds: list[float]
+    """The chosen threshold per weight layer."""
+    sparsity: float
+    """The chosen agent's sparsity (0: the dense agent)."""
+    agent: str | None
+    """The chosen agent's name (``None`` for a network passed in or pruned one-shot)."""
+    kind: str
+    """Which family the chosen setting came from: ``uniform``, ``scaled``, ``greedy`` or ``fallback``."""
+    reduction: float
+    """Dense / significant multiplications in the closed-loop tuning episodes."""
+    open_loop_reduction: float
+    """The same on the recorded episode."""
+    agreement: float
+    """Open-loop action agreement on the recorded episode."""
+    paired: PairedDifference | None
+    """Chosen minus dense scores on the tuning seeds (``None`` only for the fallback with nothing played)."""
+    confirmed: bool
+    """False when no candidate passed in closed loop and the dense agent at threshold 0 was returned."""
+    scales: dict[float, list[float]]
+    """Per sparsity, the std of each weight layer's input over the recorded episode."""
+    candidates: list[dict[str, Any]]
+    """Every setting tried: one row each (see :attr:`table`)."""
+    cpu_seconds: float
+    """CPU time the search took (this process)."""
+    config: TuneConfig = field(default_factory=TuneConfig)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The candidates tried, one row each: sparsity, kind, thresholds, agreement, significant
+        multiplications per decision, reduction, and the closed-loop verdict where one was played."""
+        return pd.DataFrame(self.candidates)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (a result file to commit)."""
+        d = {k: getattr(self, k) for k in ("env", "layers", "thresholds", "sparsity", "agent", "kind", "reduction",
+                                           "open_loop_reduction", "agreement", "confirmed", "candidates",
+                                           "cpu_seconds")}
+        d["paired"] = None if self.paired is None else self.paired.to_dict()
+        d["scales"] = {str(s): v for s, v in self.scales.items()}
+        d["config"] = asdict(self.config)
+        return d
+
+
+def input_scales(net: nn.Module, observations: np.ndarray | torch.Tensor, batch: int = 256) -> list[float]:
+    """Per weight layer, the standard deviation of its input over ``observations`` (all elements
+    of all steps pooled): the scale a threshold is compared with in that layer."""
+    chain = trace_chain(net)
+    n = len(chain.names)
+    s1, s2, cnt = [0.0] * n, [0.0] * n, [0] * n
+    obs = torch.as_tensor(np.asarray(observations))
+
+    def record(k: int, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        xd = x.double()
+        s1[k] += float(xd.sum())
+        s2[k] += float((xd * xd).sum())
+        cnt[k] += xd.numel()
+        return m(x)
+
+    with torch.no_grad():
+        for i in range(0, len(obs), batch):
+            chain.run(obs[i:i + batch], record)
+    # the population std from pooled sums, in float64 so a long episode loses nothing
+    return [math.sqrt(max(0.0, s2[k] / cnt[k] - (s1[k] / cnt[k]) ** 2)) for k in range(n)]
+
+
+def _agents(net_or_env: nn.Module | str, env: str | None, cfg: TuneConfig) -> tuple[str, list[tuple], nn.Module]:
+    """The environment, the (network, sparsity, name) agents to search and the dense reference."""
+    if isinstance(net_or_env, str):
+        if env is not None and env != net_or_env:
+            raise ValueError(f"tune({net_or_env!r}, {env!r}): give the game once, or a network and its game")
+        env = net_or_env
+    elif not isinstance(net_or_env, nn.Module):
+        raise TypeError(f"tune needs a Q-network or a game name, got {type(net_or_env).__name__}")
+    elif env is None:
+        raise ValueError("tune(net) needs the game the network plays, e.g. tune(net, 'CartPole-v1')")
+    if env not in ENV_NAMES:
+        raise ValueError(f"unknown environment {env!r}; known: {', '.join(ENV_NAMES)}")
+    if isinstance(net_or_env, nn.Module):
+        return env, [(net_or_env, 0.0, None)], net_or_env
+    found = [agent_at(env, s, cfg.agent_directory) for s in cfg.sparsities]
+    dense = next((a.net for a in found if a.sparsity == 0), None) or agent_at(env, 0.0, cfg.agent_directory).net
+    return env, [(a.net, a.sparsity, a.name) for a in found], dense
+
+
+class _Search:
+    """The open-loop search of one agent: every replay is a row, the budget counts them."""
+
+    def __init__(self, net: nn.Module, sparsity: float, obs: np.ndarray, cfg: TuneConfig, tick: Callable[[], None]):
+        self.net, self.sparsity, self.obs, self.cfg, self.tick = net, sparsity, obs, cfg, tick
+        self.reference = replay(net, obs).actions  # the agent's own greedy actions, threshold 0
+        self.rows: list[dict[str, Any]] = []
+        self.seen: dict[tuple[float, ...], dict[str, Any]] = {}
+
+    @property
+    def spent(self) -> bool:
+        return len(self.rows) >= self.cfg.budget
+
+    def try_(self, kind: str, ths: Sequence[float]) -> dict[str, Any] | None:
+        """Replay ``ths`` (once per distinct setting); its row, or None when the budget is spent."""
+        key = tuple(round(float(t), 12) for t in ths)
+        if key in self.seen:
+            return self.seen[key]
+        if self.spent:
+            return None
+        r = replay(self.net, self.obs, threshold=list(key), reference=self.reference, backend=self.cfg.backend)
+        row = {"sparsity": self.sparsity, "kind": kind, "thresholds": list(key), "agreement": r.agreement,
+               "significant": r.report.total_significant / r.report.steps, "reduction": r.report.reduction,
+               "passes": r.agreement >= self.cfg.min_agreement, "closed_loop": None}
+        self.rows.append(row)
+        self.seen[key] = row
+        self.tick()
+        return row
+
+    def run(self, scales: list[float]) -> None:
+        """Uniform candidates, scaled candidates, then the greedy pass from the cheapest that passed."""
+        n = len(scales)
+        for t in self.cfg.uniform:
+            self.try_("uniform", [t] * n)
+        for c in self.cfg.multipliers:
+            self.try_("scaled", [c * s for s in scales])
+        passing = [r for r in self.rows if r["passes"]]
+        if not passing:
+            return
+        best = min(passing, key=lambda r: r["significant"])
+        # a layer at 0 starts from its smallest scaled step, so the pass can open it at all
+        first = [min((c for c in self.cfg.multipliers if c > 0), default=1e-3) * s or 1e-3 for s in scales]
+        # when no layer can take a full step, finer steps (the square root of the factor) use the
+        # rest of the budget, down to steps of 5%
+        factor = self.cfg.greedy_factor
+        while factor > 1.05 and not self.spent:
+            improved = False
+            for k in range(n):
+                ths = list(best["thresholds"])
+                ths[k] = ths[k] * factor if ths[k] > 0 else first[k]
+                row = self.try_("greedy", ths)
+                if row is None:
+                    break
+                if row["passes"] and row["significant"] < best["significant"]:
+                    best, improved = row, True
+            if not improved:
+                factor = math.sqrt(factor)
+
+
+def search_open_loop(net: nn.Module, observations: np.ndarray, config: TuneConfig | None = None, *,
+                     sparsity: float = 0.0, progress: bool = False, **overrides: Any) -> pd.DataFrame:
+    """The open-loop half of :func:`tune` for one network: uniform, scaled and greedy candidates
+    replayed on ``observations``, one row each (as in :attr:`TuneResult.table`, nothing played in
+    closed loop). Cheap enough to compare the three families on an Atari episode."""
+    cfg = replace(config or TuneConfig(), **overrides).check()
+    obs = np.asarray(observations)
+    with tqdm(total=cfg.budget, desc="open loop", disable=not progress) as bar:
+        search = _Search(net, sparsity, obs, cfg, lambda: bar.update(1))
+        search.run(input_scales(net, obs))
+    return pd.DataFrame(search.rows)
+
+
+def _confirm(env: str, agents: dict[float, nn.Module], dense: nn.Module, dense_scores: list[float],
+             rows: list[dict[str, Any]], cfg: TuneConfig,
+             tick: Callable[[], None]) -> tuple[dict[str, Any] | None, Any, PairedDifference | None]:
+    """Play the cheapest open-loop candidates in closed loop until one shows no detectable loss.
+
+    When a candidate loses, its agent is played at threshold 0 (once): an agent that loses on its
+    own (pruned too far) is dropped with all its candidates, so the plays go to the other agents.
+    """
+    floor = -cfg.max_loss * abs(float(np.mean(dense_scores)))
+    order = sorted((r for r in rows if r["passes"]), key=lambda r: (r["significant"], r["sparsity"]))
+    left = cfg.confirmations
+    # the dense agent alone is the reference itself: it cannot lose, so no play is spent on it
+    alone: dict[float, bool] = {s: True for s, net in agents.items() if net is dense}
+    played: dict[int, tuple] = {}
+
+    def play(row: dict[str, Any]) -> bool:
+        nonlocal left
+        left -= 1
+        res = evaluate(agents[row["sparsity"]], env, episodes=cfg.episodes, seed=cfg.seed,
+                       threshold=row["thresholds"], max_steps=cfg.max_steps, backend=cfg.backend)
+        tick()
+        pd_ = paired_difference(dense_scores, res.scores)
+        ok = pd_.ci_high >= 0 and pd_.ci_low > floor
+        row.update(closed_loop="pass" if ok else "fail", closed_loop_mean=res.mean_score,
+                   closed_loop_reduction=res.report.reduction, ci_low=pd_.ci_low, ci_high=pd_.ci_high)
+        played[id(row)] = (res, pd_)
+        return ok
+
+    for row in order:
+        s = row["sparsity"]
+        if id(row) in played:  # an agent alone played earlier: its verdict stands
+            if row["closed_loop"] == "pass":
+                return row, *played[id(row)]
+            continue
+        if alone.get(s) is False:
+            continue
+        if left <= 0:
+            continue  # out of plays: a cheaper one is never played, but an agent alone that passed still counts
+        if play(row):
+            return row, *played[id(row)]
+        if s not in alone and left > 0:
+            zero = next((r for r in order if r["sparsity"] == s and not any(r["thresholds"])), None)
+            if zero is not None:
+                alone[s] = play(zero) if id(zero) not in played else zero["closed_loop"] == "pass"
+    return None, None, None
+
+
+def tune(net_or_env: nn.Module | str, env: str | None = None, config: TuneConfig | None = None, *,
+         observations: np.ndarray | None = None, progress: bool = True, **overrides: Any) -> TuneResult:
+    """The cheapest per-layer thresholds (and sparsity) with no detectable closed-loop loss.
+
+    ``tune("Breakout")`` searches the game's agents at ``config.sparsities`` (via
+    :func:`~deltalearn.study.agent_at`); ``tune(net, "CartPole-v1")`` searches one network,
+    which is also the dense reference. ``config`` fields can be overridden by keyword
+    (``tune("Breakout", min_agreement=0.95)``). ``observations`` is the recorded episode for the
+    open-loop search (the game's shipped trajectory by default). Deterministic given
+    ``config.seed``; only :attr:`TuneResult.cpu_seconds` varies between runs.
+    """
+    cfg = replace(config or TuneConfig(), **overrides).check()
+    start = time.process_time()
+    env, agents, dense = _agents(net_or_env, env, cfg)
+    obs = load_trajectory(env)["observations"] if observations is None else np.asarray(observations)
+    bar = tqdm(total=len(agents) * cfg.budget + cfg.confirmations + 1, desc=f"tune {env}", disable=not progress)
+    try:
+        rows: list[dict[str, Any]] = []
+        scales: dict[float, list[float]] = {}
+        for net, s, _ in agents:
+            scales[s] = input_scales(net, obs)
+            search = _Search(net, s, obs, cfg, lambda: bar.update(1))
+            search.run(scales[s])
+            rows += search.rows
+        dense_res = evaluate(dense, env, episodes=cfg.episodes, seed=cfg.seed, max_steps=cfg.max_steps)
+        bar.update(1)
+        nets = {s: net for net, s, _ in agents}
+        row, res, paired = _confirm(env, nets, dense, dense_res.scores, rows, cfg, lambda: bar.update(1))
+    finally:
+        bar.close()
+    names = {s: name for _, s, name in agents}
+    layers = list(trace_chain(agents[0][0]).names)
+    if row is None:  # nothing confirmed: the dense agent as it is, which loses nothing by definition
+        return TuneResult(env, layers, [0.0] * len(layers), 0.0, env if isinstance(net_or_env, str) else None,
+                          "fallback", 1.0, 1.0, 1.0, None, False, scales, rows, time.process_time() - start, cfg)
+    return TuneResult(env, layers, list(row["thresholds"]), row["sparsity"], names[row["sparsity"]], row["kind"],
+                      res.report.reduction, row["reduction"], row["agreement"], paired, True, scales, rows,
+                      time.process_time() - start, cfg)
