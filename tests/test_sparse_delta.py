@@ -207,3 +207,38 @@ def test_input_memory_layout_may_change_between_steps():
     seq = random_walk((2, *net.input_shape), 20, 0.05, frac_changing=0.3, seed=6)
     seq = [x.contiguous(memory_format=torch.channels_last) if t % 3 == 0 else x for t, x in enumerate(seq)]
     assert_same(net, seq, 0.0, atol=1e-4)
+
+
+def byte_frames(batch: int, steps: int, seed: int, shape=(4, 8, 8), frac: float = 0.05) -> list[torch.Tensor]:
+    """uint8 frames where a few bytes change per step, some by one level, some jump (as in Atari frames)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (batch, *shape), generator=g, dtype=torch.uint8)
+    out = [x.clone()]
+    for _ in range(steps - 1):
+        x = x.clone()
+        change = torch.rand(x.shape, generator=g) < frac
+        new = torch.where(torch.rand(x.shape, generator=g) < 0.5, x.long() + 1, torch.randint(0, 256, x.shape, generator=g))
+        x[change] = new[change].clamp(0, 255).to(torch.uint8)
+        out.append(x)
+    return out
+
+
+def byte_net(hw: int) -> nn.Module:
+    body = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(), nn.Conv2d(6, 8, 2), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * ((hw - 3) // 2) ** 2, 5), nn.ReLU(), nn.Linear(5, 3))
+    return pruned(dl.QNetwork(dl.core.NetworkSpec("bytes", 3), body, (4, hw, hw), input_scale=1 / 255).eval(), seed=4)
+
+
+@pytest.mark.parametrize("hw", [8, 9])  # 8x8: the frame is compared eight bytes at a time; 9x9: byte by byte
+@pytest.mark.parametrize("threshold", [0.0, [0.003, 0.01, 0.0, 0.02]])
+def test_uint8_frames_compare_changed_bytes_only(hw, threshold):
+    """The first layer's uint8 shortcut (only changed or not exactly referenced bytes are tested)
+    gives the dense path's outputs and counts, at batch 4, with per-layer thresholds and reset(rows)."""
+    torch.manual_seed(0)
+    net = byte_net(hw)
+    seq = byte_frames(4, STEPS, seed=hw, shape=(4, hw, hw))
+    assert dl.DeltaNetwork(net, 0.0, backend="sparse")._engine.plan is not None
+    assert_same(net, seq, threshold, atol=1e-4, reset_at=30, rows=[1, 3])
+    # a float frame midway turns the shortcut off for good; the results stay the dense path's
+    mixed = [x.float() if t == 20 else x for t, x in enumerate(seq)]
+    assert_same(net, mixed, threshold, atol=1e-4, reset_at=30, rows=[0])

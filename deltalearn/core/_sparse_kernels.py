@@ -144,6 +144,70 @@ def select_frame(src, xref, th, fresh, drift_free, scale, has_scale, fan, over, 
     return m, c
 
 
+@njit(cache=True, nogil=True)
+def select_frame_u8(src, prev, dirty, xref, th, fresh, drift_free, scale, has_scale, fan, pover, cin, hw,
+                    idx, val):  # pragma: no cover - compiled
+    """:func:`select_frame` for a uint8 frame, looking only at the bytes that changed.
+
+    An element whose frame byte equals the last step's (``prev``) has the same input value, so it is
+    sent again only if its reference was left off that value: a send that moved the reference by
+    ``d`` without landing exactly on the input (float round-off) marks it ``dirty``. So the scan
+    compares bytes eight at a time (a quarter of the float pass's bytes, no conversion) and only
+    changed or dirty elements are converted and tested, with the same ``|d| > th`` as the dense path.
+    """
+    if fresh:
+        pover[:hw] = 1
+    elif hw % 8 == 0:  # each channel's plane starts on a word: OR the channels' changes 8 pixels a time
+        nw = hw // 8
+        s64 = src.view(np.uint64)
+        p64 = prev.view(np.uint64)
+        d64 = dirty.view(np.uint64)
+        pw = pover[:hw].view(np.uint64)
+        pw[:] = 0
+        for ch in range(cin):  # one plane at a time on slices: vectorised (4x faster than across planes)
+            sw, pv, dw = s64[ch * nw:(ch + 1) * nw], p64[ch * nw:(ch + 1) * nw], d64[ch * nw:(ch + 1) * nw]
+            for w in range(nw):
+                pw[w] |= (sw[w] ^ pv[w]) | dw[w]
+    else:
+        for q in range(hw):
+            acc8 = np.uint8(0)
+            for ch in range(cin):
+                j = ch * hw + q
+                acc8 |= (src[j] ^ prev[j]) | dirty[j]
+            pover[q] = acc8
+    nwp = (hw + 7) // 8
+    pover[hw:nwp * 8] = 0
+    words = pover[:nwp * 8].view(np.uint64)
+    m = 0
+    c = 0
+    for w in range(nwp):
+        if words[w] == 0:
+            continue
+        for q in range(8 * w, min(8 * w + 8, hw)):
+            if pover[q] == 0:
+                continue
+            for ch in range(cin):
+                j = ch * hw + q
+                prev[j] = src[j]
+                x = np.float32(src[j])
+                if has_scale:
+                    x = x * scale
+                d = x - xref[j]
+                sent = fresh or abs(d) > th
+                idx[m] = q * cin + ch
+                val[m] = d
+                keep = np.int64(sent and d != 0.0)
+                m += keep
+                c += fan[j] * keep
+                if drift_free:
+                    if sent:
+                        xref[j] = xref[j] + d
+                    dirty[j] = np.uint8(sent and xref[j] != x)
+                else:
+                    xref[j] = x
+    return m, c
+
+
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
 def _axpy(dv, first, d0, w0, d1, w1, d2, w2, d3, w3, k):  # pragma: no cover - compiled
     """``dv (=|+=) sum_j d_j * w_j`` over ``k`` (1, 2 or 4) weight slices, vectorised over ``dv``:
@@ -318,11 +382,13 @@ def scatter_row(W, mt, taps, pos, idx, val, m, dz, touched, z):  # pragma: no co
 
 @njit(cache=True, nogil=True)
 def fused_step(obs, scale, has_scale, meta, th, cross, W, taps, POS, FAN, BIAS, Z, XR, fresh, drift_free,
-               start, over, idx, val, n_sent, dz, touched, counts, pover):  # pragma: no cover - compiled
+               start, over, idx, val, n_sent, dz, touched, counts, pover, u8, prev, dirty):  # pragma: no cover
     """Run layers ``start..`` for every stream; returns the layer index at which the caller must
     apply a dense pass of the delta (its sent share exceeded ``cross``), or the number of layers.
 
-    ``idx``/``val`` (rows, max inputs) hold the sent lists of the layer returned.
+    ``idx``/``val`` (rows, max inputs) hold the sent lists of the layer returned. With ``u8`` (a
+    uint8 frame into a first conv layer) the first layer looks only at changed bytes
+    (:func:`select_frame_u8`), keeping each stream's last frame in ``prev`` and its ``dirty`` marks.
     """
     rows = obs.shape[0]
     layers = meta.shape[0]
@@ -337,7 +403,10 @@ def fused_step(obs, scale, has_scale, meta, th, cross, W, taps, POS, FAN, BIAS, 
         fan = FAN[x0:x0 + n]
         for b in range(rows):
             xr = XR[b, x0:x0 + n]
-            if l == 0 and mt[PERM] != 0:
+            if l == 0 and u8:
+                m, c = select_frame_u8(obs[b].view(np.uint8), prev[b], dirty[b], xr, th[l], fresh[b], drift_free,
+                                       scale, has_scale, fan, pover, mt[CIN], mt[H] * mt[WD], idx[b], val[b])
+            elif l == 0 and mt[PERM] != 0:
                 m, c = select_frame(obs[b], xr, th[l], fresh[b], drift_free, scale, has_scale, fan, over, pover,
                                     mt[CIN], mt[H] * mt[WD], idx[b], val[b])
             elif l == 0:

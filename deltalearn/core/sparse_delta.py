@@ -479,6 +479,11 @@ class _Fused:
         self.touched = np.zeros(max_z, dtype=np.uint8)
         self.counts = np.zeros((rows, len(flags)), dtype=np.int64)
         self.pover = np.zeros(-(-max_n // 8) * 8, dtype=np.uint8)  # conv1's per-pixel marks (scratch)
+        # a uint8 frame into a first conv layer: the kernel compares it with the stream's last frame
+        self.u8 = bool(meta[0, K.PERM]) and obs.dtype == torch.uint8
+        n0 = int(meta[0, K.N]) if self.u8 else 8
+        self.prev = np.zeros((rows, n0), dtype=np.uint8)
+        self.dirty = np.zeros((rows, n0), dtype=np.uint8)
         last = meta[-1]
         self.out = slice(int(last[K.Z_OFF]), int(last[K.Z_OFF] + last[K.ZSIZE]))
 
@@ -490,6 +495,9 @@ class _Fused:
             raise TypeError(f"backend='sparse' needs float32 layer inputs, got {obs.dtype}: use backend=\"dense\"")
         if obs.dtype not in _KERNEL_INPUTS:
             obs = obs.to(torch.float32)  # what the preprocessing's cast does first anyway
+        if self.u8 and obs.dtype != torch.uint8:
+            self.u8 = False  # the last frames kept are stale from now on: compare every input as floats
+        u8 = self.u8
         x = obs.numpy() if obs.is_contiguous() else obs.contiguous().numpy()
         x = x.reshape(x.shape[0], -1)
         layers = self.meta.shape[0]
@@ -498,7 +506,8 @@ class _Fused:
         while True:
             stop = K.fused_step(x, self.scale, self.has_scale, self.meta, self.th, self.cross, self.W, self.taps,
                                 self.POS, self.FAN, self.BIAS, self.Z, self.XR, fresh, drift_free, start, self.over, self.idx,
-                                self.val, self.n_sent, self.dz, self.touched, self.counts, self.pover)
+                                self.val, self.n_sent, self.dz, self.touched, self.counts, self.pover,
+                                u8, self.prev, self.dirty)
             if stop == layers:
                 break
             self._dense_delta(stop)
