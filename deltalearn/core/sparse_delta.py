@@ -486,9 +486,17 @@ class _Fused:
         self.dirty = np.zeros((rows, n0), dtype=np.uint8)
         last = meta[-1]
         self.out = slice(int(last[K.Z_OFF]), int(last[K.Z_OFF] + last[K.ZSIZE]))
+        self._bind()
+
+    def _bind(self) -> None:
+        """The kernel's arguments around (obs, fresh, drift_free, start), gathered once, not per step."""
+        self._head = (self.scale, self.has_scale, self.meta, self.th, self.cross, self.W, self.taps, self.POS,
+                      self.FAN, self.BIAS, self.Z, self.XR)
+        self._tail = (self.over, self.idx, self.val, self.n_sent, self.dz, self.touched, self.counts, self.pover)
 
     def step(self, obs: torch.Tensor, fresh: np.ndarray, drift_free: bool) -> torch.Tensor:
-        if tuple(obs.shape[1:]) != self.obs_shape:
+        """One step of every stream; ``fresh`` marks the streams that start over (a dense first step)."""
+        if obs.shape[1:] != self.obs_shape:
             raise ValueError(f"observation batch has shape {tuple(obs.shape)}; expected (batch, "
                              f"{', '.join(map(str, self.obs_shape))})")
         if self.float_input and obs.dtype != torch.float32:
@@ -502,12 +510,9 @@ class _Fused:
         x = x.reshape(x.shape[0], -1)
         layers = self.meta.shape[0]
         start = 0
-        self.any_fresh = bool(fresh.any())
+        head, tail = self._head, self._tail
         while True:
-            stop = K.fused_step(x, self.scale, self.has_scale, self.meta, self.th, self.cross, self.W, self.taps,
-                                self.POS, self.FAN, self.BIAS, self.Z, self.XR, fresh, drift_free, start, self.over, self.idx,
-                                self.val, self.n_sent, self.dz, self.touched, self.counts, self.pover,
-                                u8, self.prev, self.dirty)
+            stop = K.fused_step(x, *head, fresh, drift_free, start, *tail, u8, self.prev, self.dirty)
             if stop == layers:
                 break
             self._dense_delta(stop)
@@ -553,6 +558,8 @@ class SparseEngine:
         self.use_fused = self.plan is not None
         """Run the whole step in one compiled call (set False before the first step to force the general path)."""
         self.fused: _Fused | None = None
+        self.any_fresh = False
+        """Whether a stream starts over at the next step (kept as a bool: ``fresh.any()`` costs ~1 us a step)."""
 
     def reset(self, rows: "torch.Tensor | list[int] | None" = None) -> None:
         if rows is None or self.fresh is None:
@@ -560,11 +567,13 @@ class SparseEngine:
             return
         r = np.asarray(torch.as_tensor(rows))
         self.fresh[np.flatnonzero(r) if r.dtype == bool else r] = True
+        self.any_fresh = bool(self.fresh.any())
 
     def _init_state(self, obs: torch.Tensor) -> None:
         o = self.owner
         rows = int(obs.shape[0])
         self.fresh = np.ones(rows, dtype=bool)
+        self.any_fresh = True
         if self.use_fused and self.plan is not None:
             self.fused = _Fused(o, self.plan, obs, self.crossover)
             return
@@ -591,9 +600,11 @@ class SparseEngine:
         fused = self.fused
         if fused is not None:
             out = fused.step(obs, fresh, self.owner.drift_free)
-            if fused.any_fresh:
+            if self.any_fresh:
                 fresh[:] = False
-            self.owner.last_counts = torch.from_numpy(fused.counts.copy()) if count else None
+                self.any_fresh = False
+            # a plain attribute: set past nn.Module.__setattr__'s registry checks (~1 us a step)
+            self.owner.__dict__["last_counts"] = torch.from_numpy(fused.counts.copy()) if count else None
             return out
         with torch.no_grad():
             return self._general_forward(obs, count)
@@ -608,5 +619,6 @@ class SparseEngine:
 
         out = o.chain.run(obs, delta_layer)
         self.fresh = np.zeros_like(fresh)
+        self.any_fresh = False
         o.last_counts = torch.from_numpy(np.stack([l.counts for l in self.layers], axis=1)) if count else None
         return out
