@@ -381,6 +381,16 @@ def scatter_row(W, mt, taps, pos, idx, val, m, dz, touched, z):  # pragma: no co
 
 
 @njit(cache=True, nogil=True)
+def rebuild_delta(idx, val, n_sent, d):  # pragma: no cover - compiled
+    """Each stream's sent list written out as its dense delta ``d`` (rows, inputs), for a dense fallback."""
+    d[:] = 0.0
+    for b in range(d.shape[0]):
+        row = d[b]
+        for s in range(n_sent[b]):
+            row[idx[b, s]] = val[b, s]
+
+
+@njit(cache=True, nogil=True)
 def fused_step(obs, scale, has_scale, meta, th, cross, W, taps, POS, FAN, BIAS, Z, XR, fresh, drift_free,
                start, over, idx, val, n_sent, dz, touched, counts, pover, u8, prev, dirty):  # pragma: no cover
     """Run layers ``start..`` for every stream; returns the layer index at which the caller must

@@ -392,7 +392,9 @@ def _pack_layer(l: int, name: str, m: nn.Module, weight: torch.Tensor, shape: tu
                     fan=fan if l == 0 else fan.permute(1, 2, 0), perm=int(l == 0), strides=(1, wd * c, c),
                     taps=(*_taps(h, ho, kh, sy, m.padding[0], m.dilation[0]),
                           *_taps(wd, wo, kw, sx, m.padding[1], m.dilation[1])),
-                    dims=(c, h, wd, ho, wo, kh, kw), torch_w=weight, out=(cout, ho, wo),
+                    dims=(c, h, wd, ho, wo, kh, kw), out=(cout, ho, wo),
+                    # the fallback's delta is channels-last: a weight in the same layout spares oneDNN a reorder
+                    torch_w=weight.contiguous(memory_format=torch.channels_last),
                     pos=((cc << 16) | (yy << 8) | xx).transpose(1, 2, 0).ravel().astype(np.int32))
     c = int(shape[0])
     rows_w = weight.t().numpy()
@@ -479,6 +481,7 @@ class _Fused:
         self.touched = np.zeros(max_z, dtype=np.uint8)
         self.counts = np.zeros((rows, len(flags)), dtype=np.int64)
         self.pover = np.zeros(-(-max_n // 8) * 8, dtype=np.uint8)  # conv1's per-pixel marks (scratch)
+        self.dbuf = np.zeros(rows * max_n, dtype=np.float32)  # a dense fallback's delta (scratch)
         # a uint8 frame into a first conv layer: the kernel compares it with the stream's last frame
         self.u8 = bool(meta[0, K.PERM]) and obs.dtype == torch.uint8
         n0 = int(meta[0, K.N]) if self.u8 else 8
@@ -523,10 +526,8 @@ class _Fused:
         """Layer ``l`` sent many changes: rebuild its delta and apply it with one torch conv / linear."""
         mt = self.meta[l]
         rows, n = self.Z.shape[0], int(mt[K.N])
-        d = np.zeros((rows, n), dtype=np.float32)
-        for b in range(rows):
-            k = self.n_sent[b]
-            d[b, self.idx[b, :k]] = self.val[b, :k]
+        d = self.dbuf[:rows * n].reshape(rows, n)
+        K.rebuild_delta(self.idx, self.val, self.n_sent, d)
         dt = torch.from_numpy(d)
         m, w = self.torch_w[l]
         if isinstance(m, nn.Conv2d):
