@@ -53,7 +53,8 @@ def layer_step(f, l: int, x: np.ndarray) -> None:
     """Run layer ``l`` alone through the engine's compiled step (and its dense fallback if chosen)."""
     meta = f.meta[:l + 1]
     stop = K.fused_step(x, f.scale, f.has_scale, meta, f.th, f.cross, f.W, f.taps, f.POS, f.FAN, f.BIAS, f.Z, f.XR,
-                        np.zeros(1, dtype=bool), True, l, f.over, f.idx, f.val, f.n_sent, f.dz, f.touched, f.counts, f.pover)
+                        np.zeros(1, dtype=bool), True, l, f.over, f.idx, f.val, f.n_sent, f.dz, f.touched, f.counts, f.pover,
+                        f.u8 and l == 0, f.prev, f.dirty)
     if stop == l:
         f._dense_delta(l)
 
@@ -96,6 +97,8 @@ def measure(net, threshold: float, reps: int, rng) -> list[dict]:
             x = rng.integers(0, 200, size=(1, n)).astype(np.uint8) if l == 0 else rng.random((1, n), np.float32)
             for f in variants.values():
                 f.XR[0, int(mt[K.X_OFF]):int(mt[K.X_OFF]) + n] = x[0] * (f.scale if f.has_scale else 1)
+                if l == 0 and f.u8:  # the frame the references stand for, exactly: nothing left to re-send
+                    f.prev[0], f.dirty[0] = x[0], 0
             times = {k: [] for k in variants}
             for _ in range(reps):
                 move = rng.random(n) < frac
