@@ -551,6 +551,7 @@ def tune_game(game: str, scope: str = "both", *, heldout_episodes: int | None = 
     cfg = replace(TuneConfig(), **fields_).check()
     if held < 2:
         raise ValueError(f"heldout_episodes must be >= 2 (a paired interval needs two), got {held!r}")
+    prov = _provenance()  # the code this run starts from (the tree may move on while it plays)
     run_cfg = replace(cfg, agent_directory=_directory(cfg.agent_directory))
     result = tune(game, config=run_cfg, progress=progress)
     result.config = cfg  # the stored form (book_data:...), not this machine's path
@@ -558,7 +559,7 @@ def tune_game(game: str, scope: str = "both", *, heldout_episodes: int | None = 
     tuned = result.to_dict()
     return {"game": game, "scope": scope, "command": command, "config": asdict(cfg), "heldout_episodes": held,
             "tuning": tuned, "heldout": heldout, "tune_cpu_minutes": result.cpu_seconds / 60,
-            "heldout_cpu_minutes": heldout["cpu_seconds"] / 60, **_provenance()}
+            "heldout_cpu_minutes": heldout["cpu_seconds"] / 60, **prov}
 
 
 def write_tuned(record: dict[str, Any], path: str | os.PathLike | None = None) -> Path:
