@@ -219,7 +219,8 @@ def test_scopes_and_defaults():
     assert dl.study.scope_sparsities(ENV, "both", "book_data:pruned") == (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
     assert dl.study.scope_sparsities("SpaceInvaders", "both") == (0.0, 0.5, 0.74, 0.9)
     assert dl.study.game_defaults("SpaceInvaders")["heldout_episodes"] == 60
-    assert dl.study.game_defaults("Robotank", "both") == {"heldout_episodes": 30, "max_steps": 3000, "confirmations": 4}
+    assert dl.study.game_defaults("Robotank", "both") == {"heldout_episodes": 30, "max_steps": 2000, "budget": 30,
+                                                          "confirmations": 3}
     assert dl.study.game_defaults("Robotank", "delta") == {"heldout_episodes": 30, "max_steps": 3000}
     assert dl.study.game_defaults("Breakout") == {"heldout_episodes": 30}
     with pytest.raises(ValueError, match="scope must be one of delta, both, got 'pruned'"):
