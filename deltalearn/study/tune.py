@@ -370,19 +370,23 @@ shipped sparsity of the game."""
 
 GAME_DEFAULTS: dict[str, dict[str, Any]] = {
     # Long games get a step cap on the tuning plays only (held-out episodes are never capped, as in the
-    # committed held-out tables), so a confirmation takes minutes. Robotank's dense episodes last ~5,800
-    # steps, Enduro's ~5,300 and BattleZone's ~1,500 (held-out tables).
+    # committed held-out tables), a smaller open-loop budget (30: the uniform and scaled candidates and
+    # about three greedy rounds) and fewer plays, so a run fits the CPU minutes a shared 2-core machine
+    # gives. Dense episodes last ~5,800 steps in Robotank, ~5,300 in Enduro, ~2,050 in Freeway and
+    # ~1,500 in BattleZone (held-out tables).
     "Robotank": {"max_steps": 3000},
-    "Enduro": {"max_steps": 3000},
+    "Robotank-both": {"max_steps": 2000, "budget": 30, "confirmations": 3},
+    "Enduro": {"max_steps": 1500, "budget": 30, "confirmations": 3},
+    # Freeway's variants score alike in every episode of the held-out table: the first play decides
+    "Freeway": {"max_steps": 1000, "budget": 30, "confirmations": 2},
     # Episodes from the held-out tables' spread (paired sd of the table setting against dense): for
     # SpaceInvaders 243 points against a floor of 75 (15% of 501), so 30 episodes give an interval of
-    # +-91, wider than the floor, and 60 give +-63. BattleZone: sd 8,300-9,800 against a floor of 2,360
-    # (30 episodes: +-3,700; 60: +-2,500, so only a setting that does not lose on average can pass);
-    # its plays are capped at 4 to keep 60-episode confirmations within minutes. Robotank (sd 5.3,
-    # floor 2.4), Enduro (sd 121, floor 45) and Breakout (sd 7-17 without its one 343-point
-    # episode, floor 5.2) keep 30. Freeway's variants score alike in every episode.
-    "SpaceInvaders": {"episodes": 60, "heldout_episodes": 60},
-    "BattleZone": {"max_steps": 3000, "episodes": 60, "heldout_episodes": 60, "confirmations": 4},
+    # +-91, wider than the floor, and 60 give +-63. BattleZone's sd is 8,300-9,800 against a floor of
+    # 2,360: even 60 episodes give +-2,500, so only a setting that gains on average can pass, and 100+
+    # would cost more CPU than the run has; it keeps 30. Robotank (sd 5.3, floor 2.4), Enduro (sd 121,
+    # floor 45) and Breakout (sd 7-17 without its one 343-point episode, floor 5.2) keep 30.
+    "SpaceInvaders": {"episodes": 60, "heldout_episodes": 60, "budget": 40, "confirmations": 3},
+    "BattleZone": {"max_steps": 2000, "budget": 30, "confirmations": 3},
     # CartPole's pruned agents ship as book data, not as package agents
     "CartPole-v1": {"agent_directory": "book_data:pruned"},
 }
