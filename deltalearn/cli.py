@@ -1,4 +1,4 @@
-"""The ``deltalearn`` command: train, distill, evaluate, count, reproduce and bench."""
+"""The ``deltalearn`` command: train, distill, evaluate, count, reproduce, bench and tune."""
 from __future__ import annotations
 
 import argparse
@@ -231,6 +231,74 @@ def cmd_bench(a: argparse.Namespace) -> int:
           f"decisions ({res.disagreements} differ{', all near-ties' if res.disagreements and res.near_ties else ''}"
           f"), max |dQ| {res.max_abs_dq:.1e}, counts {'agree' if res.counts_close else 'DIFFER'}; "
           f"{res.mults_per_decision:,.0f} multiplications per decision ({res.dense_mults_per_decision:,} dense)")
+    return 0
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return v
+
+
+def _steps_or_none(text: str) -> int | None:
+    return None if text.strip().lower() == "none" else _positive(text)
+
+
+def _tune_command(a: argparse.Namespace, over: dict[str, Any], held: int | None) -> str:
+    """The full command behind a tuning record, every effective option spelled out, so it reproduces
+    even if a default changes later."""
+    import shlex
+
+    from .study.tune import TuneConfig, game_defaults
+
+    cfg = {**{f.name: getattr(TuneConfig(), f.name) for f in fields(TuneConfig)}, **game_defaults(a.game, a.scope),
+           **over}
+    parts = ["deltalearn", "tune", "--game", a.game, "--scope", a.scope]
+    if a.sparsities:
+        parts += ["--sparsities", *(f"{s:g}" for s in a.sparsities)]
+    for opt, key in (("--episodes", "episodes"), ("--max-steps", "max_steps"), ("--seed", "seed"),
+                     ("--budget", "budget"), ("--min-agreement", "min_agreement"),
+                     ("--confirmations", "confirmations"), ("--backend", "backend")):
+        parts += [opt, "none" if cfg[key] is None else f"{cfg[key]:g}" if isinstance(cfg[key], float) else str(cfg[key])]
+    parts += ["--heldout-episodes", str(held if held is not None else cfg["heldout_episodes"])]
+    if a.agent_directory:
+        parts += ["--agent-directory", a.agent_directory]
+    return shlex.join(parts)
+
+
+def cmd_tune(a: argparse.Namespace) -> int:
+    from .study.tune import game_defaults, tune_game, write_tuned
+
+    game_defaults(a.game, a.scope)  # an unknown game or scope fails here, before anything loads
+    _set_threads(a.threads)
+    over: dict[str, Any] = {k: v for k, v in (("episodes", a.episodes), ("seed", a.seed), ("budget", a.budget),
+                                               ("min_agreement", a.min_agreement), ("confirmations", a.confirmations),
+                                               ("backend", a.backend), ("agent_directory", a.agent_directory))
+                            if v is not None}
+    if hasattr(a, "max_steps"):  # given (a number or none); else the game's default
+        over["max_steps"] = a.max_steps
+    if a.sparsities:
+        over["sparsities"] = tuple(a.sparsities)
+    command = _tune_command(a, over, a.heldout_episodes)
+    rec = tune_game(a.game, a.scope, heldout_episodes=a.heldout_episodes, command=command,
+                    progress=not a.no_progress, **over)
+    path = write_tuned(rec, a.out)
+    if a.json:
+        print(json.dumps(rec))
+        return 0
+    t, h = rec["tuning"], rec["heldout"]
+    th = ", ".join(f"{x:.4g}" for x in t["thresholds"])
+    print(f"{a.game} ({a.scope}): {t['agent']} ({t['kind']}), thresholds {th}")
+    print(f"  tuning seeds {rec['config']['seed']}+ ({rec['config']['episodes']} episodes): {t['reduction']:.1f}x, "
+          f"{rec['tune_cpu_minutes']:.1f} CPU min")
+    print(f"  held-out ({h['episodes']} episodes): {h['reduction']:.1f}x, dense {h['dense_mean']:.4g}, tuned "
+          f"{h['tuned_mean']:.4g}, paired {h['paired']['mean_difference']:+.3g} (95% CI {h['paired']['ci_low']:+.3g} "
+          f"to {h['paired']['ci_high']:+.3g}): {h['verdict']}; {rec['heldout_cpu_minutes']:.1f} CPU min")
+    print(f"wrote {path}")
     return 0
 
 
@@ -494,11 +562,45 @@ def _add_bench(sub: Any) -> None:
     b.set_defaults(func=cmd_bench)
 
 
+def _add_tune(sub: Any) -> None:
+    from .study.tune import GAME_DEFAULTS
+
+    t = sub.add_parser("tune", help="tune per-layer delta thresholds (and sparsity), confirmed on held-out seeds",
+                       description="Search uniform, input-scaled and greedy per-layer thresholds open loop on the "
+                       "game's recorded episode, confirm the cheapest in closed loop on tuning seeds (from --seed) "
+                       "paired with the dense agent, then play the chosen setting on the held-out seeds 1000+ "
+                       "and write one JSON record. Per-game defaults: " + "; ".join(
+                           f"{g}: {', '.join(f'{k}={v}' for k, v in d.items())}" for g, d in GAME_DEFAULTS.items()))
+    t.add_argument("--game", "--env", dest="game", required=True, help="the game (e.g. Robotank, or CartPole-v1)")
+    t.add_argument("--scope", choices=("both", "delta"), default="both",
+                   help="delta: the dense agent's delta network alone; both: every shipped sparsity (default)")
+    t.add_argument("--sparsities", nargs="+", type=_sparsity, default=None,
+                   help="the sparsities to search (default: the scope's: 0, and with --scope both each shipped one)")
+    t.add_argument("--episodes", type=_positive, default=None, help="paired tuning episodes per play (default 30)")
+    t.add_argument("--max-steps", type=_steps_or_none, default=argparse.SUPPRESS,
+                   help="step cap of a tuning episode, or none (default: the game's, none for short games)")
+    t.add_argument("--seed", type=int, default=None, help="first tuning seed (default 2000; not 1000-1029)")
+    t.add_argument("--budget", type=_positive, default=None, help="open-loop replays per agent (default 60)")
+    t.add_argument("--min-agreement", type=_fraction, default=None, help="least open-loop agreement (default 0.98)")
+    t.add_argument("--confirmations", type=_positive, default=None, help="most closed-loop plays (default 8)")
+    t.add_argument("--backend", choices=("sparse", "dense"), default=None, help="delta backend (default sparse)")
+    t.add_argument("--heldout-episodes", type=_positive, default=None,
+                   help="held-out episodes from seed 1000 (default 30, or the game's)")
+    t.add_argument("--agent-directory", default=None,
+                   help="where the agents are (default: the shipped ones; CartPole-v1: book_data:pruned)")
+    t.add_argument("--out", default=None, help="the JSON file to write (default deltalearn/data/tuned/<game>-<scope>.json)")
+    t.add_argument("--json", action="store_true", help="print the record as JSON")
+    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_tune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deltalearn", description="Pruning + delta networks for DQN agents: "
                                 "train agents, evaluate them with fewer multiplications, count multiplications, time them.")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_distill, _add_evaluate, _add_count, _add_reproduce, _add_bench, _add_classroom):
+    for add in (_add_train, _add_distill, _add_evaluate, _add_count, _add_reproduce, _add_bench, _add_tune,
+                _add_classroom):
         add(sub)
 
     g = sub.add_parser("agents", help="list the shipped agents with their scores and sparsity",

@@ -1,11 +1,14 @@
 """The threshold tuner on CartPole: real input scales, agreement kept, cheapest confirmed, deterministic."""
 import json
+import re
+import shlex
 
 import numpy as np
 import pytest
 import torch
 
 import deltalearn as dl
+from deltalearn import cli
 
 ENV = "CartPole-v1"
 SMALL = dict(backend="dense", episodes=5, max_steps=300, budget=30, progress=False)
@@ -141,3 +144,112 @@ def test_bad_targets_are_named():
 def test_the_open_loop_search_alone_matches_the_tuners_table(result, obs):
     t = dl.study.search_open_loop(dl.load_agent(ENV), obs, result.config)
     assert t.drop(columns="closed_loop").equals(result.table[t.columns].drop(columns="closed_loop"))
+
+
+# --- deltalearn tune: the record a game's tuning commits, and the committed records ---
+
+CLI_SMALL = ["--game", ENV, "--episodes", "5", "--max-steps", "300", "--budget", "20", "--backend", "dense",
+             "--heldout-episodes", "5", "--no-progress"]
+VOLATILE = ("tune_cpu_minutes", "heldout_cpu_minutes", "date", "git_commit", "git_dirty")
+
+
+def _stable(rec):
+    rec = {k: v for k, v in rec.items() if k not in VOLATILE}
+    rec["tuning"] = {k: v for k, v in rec["tuning"].items() if k != "cpu_seconds"}
+    rec["heldout"] = {k: v for k, v in rec["heldout"].items() if k != "cpu_seconds"}
+    return rec
+
+
+@pytest.fixture(scope="module")
+def cli_record(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("tuned") / "first.json"
+    assert cli.main(["tune", *CLI_SMALL, "--scope", "both", "--sparsities", "0", "0.8", "--out", str(out)]) == 0
+    return out, json.loads(out.read_text())
+
+
+def test_the_cli_record_reproduces_from_its_own_command(cli_record, tmp_path):
+    out, rec = cli_record
+    assert rec["game"] == ENV and rec["scope"] == "both" and rec["config"]["sparsities"] == [0.0, 0.8]
+    assert rec["command"].startswith(f"deltalearn tune --game {ENV} --scope both --sparsities 0 0.8 --episodes 5")
+    again = tmp_path / "again.json"
+    argv = shlex.split(rec["command"])[1:] + ["--out", str(again), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert _stable(json.loads(again.read_text())) == _stable(rec)
+    assert not list(out.parent.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_the_heldout_confirmation_is_an_independent_paired_run(cli_record):
+    _, rec = cli_record
+    t, h = rec["tuning"], rec["heldout"]
+    net = dl.study.agent_at(ENV, t["sparsity"], dl.study.book_data("pruned")).net
+    dense = dl.evaluate(dl.load_agent(ENV), ENV, episodes=5, seed=1000)
+    tuned = dl.evaluate(net, ENV, episodes=5, seed=1000, threshold=t["thresholds"])
+    assert h["dense_scores"] == dense.scores and h["tuned_scores"] == tuned.scores
+    assert h["paired"] == dl.paired_difference(dense.scores, tuned.scores).to_dict()
+    assert h["reduction"] == pytest.approx(tuned.report.reduction)
+    assert t["agent"] == "CartPole-v1-pruned-0.8" and h["reduction"] > 20
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--game", "Pacman"], "unknown game 'Pacman'"),
+    (["--game", ENV, "--scope", "delta", "--sparsities", "0.5"], "scope 'delta' tunes the dense agent alone"),
+    (["--game", ENV, "--seed", "1010"], "overlap the held-out seeds"),
+    (["--game", ENV, "--heldout-episodes", "1"], "heldout_episodes must be >= 2"),
+])
+def test_bad_tune_commands_are_named(argv, match, capsys):
+    assert cli.main(["tune", *argv, "--no-progress", "--out", "/nonexistent/never.json"]) == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--game", ENV, "--min-agreement", "1.5"], "--min-agreement: must be a number in \\(0, 1\\], got '1.5'"),
+    (["--game", ENV, "--scope", "all"], "invalid choice: 'all'"),
+    (["--game", ENV, "--episodes", "0"], "--episodes: must be a whole number >= 1, got '0'"),
+    (["--game", ENV, "--sparsities", "1.2"], "--sparsities"),
+])
+def test_bad_tune_values_stop_argparse(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["tune", *argv])
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_scopes_and_defaults():
+    assert dl.study.scope_sparsities(ENV, "delta") == (0.0,)
+    assert dl.study.scope_sparsities(ENV, "both", "book_data:pruned") == (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
+    assert dl.study.scope_sparsities("SpaceInvaders", "both") == (0.0, 0.5, 0.74, 0.9)
+    assert dl.study.game_defaults("SpaceInvaders")["heldout_episodes"] == 60
+    assert dl.study.game_defaults("Robotank", "both") == {"heldout_episodes": 30, "max_steps": 2000, "budget": 30,
+                                                          "confirmations": 3}
+    assert dl.study.game_defaults("Robotank", "delta") == {"heldout_episodes": 30, "max_steps": 3000}
+    assert dl.study.game_defaults("Breakout") == {"heldout_episodes": 30}
+    with pytest.raises(ValueError, match="scope must be one of delta, both, got 'pruned'"):
+        dl.study.game_defaults("Breakout", "pruned")
+
+
+def test_the_verdict_rule_names_the_failed_condition():
+    v = dl.study.tuned_verdict
+    assert v(-1.0, 2.0, 20.0) == "no detectable loss"
+    assert "loss detected" in v(-5.0, -1.0, 20.0) and "lower end -5 is not above -3" in v(-5.0, -1.0, 20.0)
+    assert v(-4.0, 2.0, 20.0) == "fails: its lower end -4 is not above -3 (15% of the dense mean)"
+    assert v(1.0, 2.0, 20.0).startswith("fails: the interval lies above 0 (gain detected)")
+
+
+def test_committed_records_load_and_their_verdicts_follow_their_numbers():
+    df = dl.study.load_tuned()
+    assert list(df.columns) == list(dl.study.TUNED_COLUMNS) and len(df) >= 1
+    assert "CartPole-v1-both" in df.attrs["provenance"]
+    assert (df.heldout_episodes >= 30).all()
+    for f in sorted(dl.study.book_data("tuned").glob("*.json")):
+        h = json.loads(f.read_text())["heldout"]
+        p = dl.paired_difference(h["dense_scores"], h["tuned_scores"])  # recomputed from the scores
+        assert p.ci_low == pytest.approx(h["paired"]["ci_low"])
+        assert p.ci_high == pytest.approx(h["paired"]["ci_high"]) and p.base_mean == pytest.approx(h["dense_mean"])
+        floor = -0.15 * abs(p.base_mean)
+        holds = p.ci_low <= 0 <= p.ci_high and p.ci_low > floor  # the issue's rule, written out again
+        assert (h["verdict"] == "no detectable loss") == holds, f.name
+        assert h["meets_rule"] == (p.ci_high >= 0 and p.ci_low > floor), f.name
+    one = dl.study.load_tuned(ENV)
+    assert set(one.game) == {ENV}
+    with pytest.raises(ValueError, match="unknown game 'Pong2'"):
+        dl.study.load_tuned("Pong2")

@@ -12,9 +12,15 @@ its lower end is above ``-max_loss`` of the dense mean. Held-out seeds are never
 """
 from __future__ import annotations
 
+import datetime
+import json
 import math
+import os
+import platform
+import subprocess
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -25,13 +31,18 @@ from tqdm.auto import tqdm
 
 from ..core.chain import trace_chain
 from ..rl.envs import ENV_NAMES
-from ..rl.evaluation import check_backend, evaluate, replay
+from ..rl.evaluation import check_backend, default_epsilon, evaluate, replay
+from ..store.agents import agent_names
 from ..store.trajectories import load_trajectory
 from .pruned_agents import agent_at
 from .settings import HELDOUT_EPISODES, HELDOUT_SEED
+from ..store.trajectories import DATA_DIR
+from .shipped import book_data
 from .stats import PairedDifference, paired_difference
 
-__all__ = ["TuneConfig", "TuneResult", "tune", "input_scales", "search_open_loop"]
+__all__ = ["TuneConfig", "TuneResult", "tune", "input_scales", "search_open_loop", "TUNE_SCOPES", "GAME_DEFAULTS",
+           "game_defaults", "scope_sparsities", "confirm_heldout", "tuned_verdict", "tune_game", "write_tuned",
+           "load_tuned", "TUNED_COLUMNS"]
 
 
 @dataclass(frozen=True)
@@ -349,3 +360,251 @@ def tune(net_or_env: nn.Module | str, env: str | None = None, config: TuneConfig
     return TuneResult(env, layers, list(row["thresholds"]), row["sparsity"], names[row["sparsity"]], row["kind"],
                       res.report.reduction, row["reduction"], row["agreement"], paired, True, scales, rows,
                       time.process_time() - start, cfg)
+
+
+# --- a game tuned end to end: tuning seeds, then the held-out confirmation, one committed file each ---
+
+TUNE_SCOPES: tuple[str, ...] = ("delta", "both")
+"""``delta``: the dense agent's delta network alone (sparsity 0); ``both``: pruning and delta, every
+shipped sparsity of the game."""
+
+GAME_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Long games get a step cap on the tuning plays only (held-out episodes are never capped, as in the
+    # committed held-out tables), a smaller open-loop budget (30: the uniform and scaled candidates and
+    # about three greedy rounds) and fewer plays, so a run fits the CPU minutes a shared 2-core machine
+    # gives. Dense episodes last ~5,800 steps in Robotank, ~5,300 in Enduro, ~2,050 in Freeway and
+    # ~1,500 in BattleZone (held-out tables).
+    "Robotank": {"max_steps": 3000},
+    "Robotank-both": {"max_steps": 2000, "budget": 30, "confirmations": 3},
+    # Enduro's held-out episodes alone cost ~160,000 uncapped steps: its tuning gets the least
+    "Enduro": {"max_steps": 1000, "budget": 20, "confirmations": 2},
+    # Freeway's variants score alike in every episode of the held-out table: the first play decides
+    "Freeway": {"max_steps": 1000, "budget": 30, "confirmations": 2},
+    # Episodes from the held-out tables' spread (paired sd of the table setting against dense): for
+    # SpaceInvaders 243 points against a floor of 75 (15% of 501), so 30 episodes give an interval of
+    # +-91, wider than the floor, and 60 give +-63. BattleZone's sd is 8,300-9,800 against a floor of
+    # 2,360: even 60 episodes give +-2,500, so only a setting that gains on average can pass, and 100+
+    # would cost more CPU than the run has; it keeps 30. Robotank (sd 5.3, floor 2.4), Enduro (sd 121,
+    # floor 45) and Breakout (sd 7-17 without its one 343-point episode, floor 5.2) keep 30.
+    "SpaceInvaders": {"episodes": 60, "heldout_episodes": 60, "budget": 40, "confirmations": 3},
+    "BattleZone": {"max_steps": 2000, "budget": 30, "confirmations": 3},
+    # CartPole's pruned agents ship as book data, not as package agents
+    "CartPole-v1": {"agent_directory": "book_data:pruned"},
+}
+"""Per-game defaults of ``deltalearn tune`` (``"<game>-<scope>"`` keys apply to one scope only): config
+fields of :class:`TuneConfig` plus ``heldout_episodes``. Anything given explicitly wins."""
+
+TUNED_COLUMNS: tuple[str, ...] = (
+    "game", "scope", "sparsity", "agent", "kind", "thresholds", "reduction_tuning", "reduction_heldout",
+    "reduction_heldout_vs_significant", "dense_mean", "tuned_mean", "paired_difference", "ci95_low", "ci95_high",
+    "floor", "verdict", "meets_rule", "heldout_episodes", "tuning_episodes", "tune_cpu_minutes",
+    "heldout_cpu_minutes", "command")
+"""The columns of :func:`load_tuned`, in order."""
+
+
+def _directory(d: str | None) -> str | None:
+    """An agent directory as the config stores it: ``book_data:<name>`` means a shipped data folder."""
+    return str(book_data(d.split(":", 1)[1])) if d and d.startswith("book_data:") else d
+
+
+def game_defaults(game: str, scope: str = "both") -> dict[str, Any]:
+    """The :data:`GAME_DEFAULTS` of ``game`` for ``scope`` (``heldout_episodes`` included, default 30)."""
+    if game not in ENV_NAMES:
+        raise ValueError(f"unknown game {game!r}; known: {', '.join(ENV_NAMES)}")
+    if scope not in TUNE_SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(TUNE_SCOPES)}, got {scope!r}")
+    return {"heldout_episodes": HELDOUT_EPISODES, **GAME_DEFAULTS.get(game, {}),
+            **GAME_DEFAULTS.get(f"{game}-{scope}", {})}
+
+
+def scope_sparsities(game: str, scope: str = "both", directory: str | None = None) -> tuple[float, ...]:
+    """The sparsities a scope searches: ``(0,)`` for ``delta``; for ``both``, 0 and every sparsity at
+    which ``game`` ships a distilled agent (in ``directory``, the package's agents by default)."""
+    game_defaults(game, scope)  # checks both
+    if scope == "delta":
+        return (0.0,)
+    prefix = f"{game}-pruned-"
+    found = sorted(float(n[len(prefix):]) for n in agent_names(_directory(directory)) if n.startswith(prefix))
+    return (0.0, *found)
+
+
+def tuned_verdict(ci_low: float, ci_high: float, dense_mean: float, max_loss: float = 0.15) -> str:
+    """Issue 17's rule on a paired interval (chosen minus dense): ``no detectable loss`` when it holds 0
+    and its lower end is above ``-max_loss`` of the dense mean; else which condition failed."""
+    floor = -max_loss * abs(dense_mean)
+    failed = []
+    if ci_high < 0:
+        failed.append("the interval lies below 0 (loss detected)")
+    elif ci_low > 0:
+        failed.append("the interval lies above 0 (gain detected)")
+    if not ci_low > floor:
+        failed.append(f"its lower end {ci_low:.4g} is not above {floor:.4g} ({max_loss:.0%} of the dense mean)")
+    return "no detectable loss" if not failed else "fails: " + "; ".join(failed)
+
+
+def _dense_heldout(env: str, dense: nn.Module, episodes: int, progress: bool) -> dict[str, Any]:
+    """The dense agent's held-out scores: the committed table's where it holds them under the same
+    protocol (checked by replaying its first episode), else played here; later seeds are played."""
+    eps, path = default_epsilon(env), DATA_DIR / "heldout" / f"{env}_table.json"
+    scores: list[float] = []
+    lengths: list[int] = []
+    sig = steps = 0
+    source = "played"
+    if path.exists():
+        rec = json.loads(path.read_text())["variants"].get("dense", {})
+        same = (rec.get("seed") == HELDOUT_SEED and rec.get("epsilon") == eps and rec.get("max_steps") is None
+                and rec.get("threshold") is None and rec.get("sparsity") == 0.0)
+        if same:
+            check = evaluate(dense, env, episodes=1, seed=HELDOUT_SEED)
+            if check.scores[0] == rec["scores"][0] and check.lengths[0] == rec["lengths"][0]:
+                k = min(episodes, len(rec["scores"]))
+                scores, lengths = list(rec["scores"][:k]), list(rec["lengths"][:k])
+                # the table keeps totals only: per decision over all its episodes
+                sig, steps = rec["total_significant"] * sum(lengths) / rec["steps"], sum(lengths)
+                source = (f"heldout/{env}_table.json (episodes 0-{k - 1}; episode 0 replayed here: "
+                          f"score {check.scores[0]:g} in {check.lengths[0]} steps, as committed)")
+            else:
+                source = (f"played (heldout/{env}_table.json's episode 0 scored {rec['scores'][0]:g} in "
+                          f"{rec['lengths'][0]} steps, a replay here {check.scores[0]:g} in {check.lengths[0]})")
+    if len(scores) < episodes:
+        res = evaluate(dense, env, episodes=episodes - len(scores), seed=HELDOUT_SEED + len(scores),
+                       progress=progress)
+        scores += res.scores
+        lengths += res.lengths
+        sig, steps = sig + res.report.total_significant, steps + res.report.steps
+        if source != "played" and not source.startswith("played"):
+            source += f"; seeds {HELDOUT_SEED + len(scores) - len(res.scores)}+ played here"
+    return {"scores": [float(x) for x in scores], "lengths": lengths, "source": source, "epsilon": eps,
+            "significant_per_decision": sig / steps}
+
+
+def confirm_heldout(result: TuneResult, episodes: int = HELDOUT_EPISODES, *, progress: bool = False) -> dict[str, Any]:
+    """Play ``result``'s setting on the held-out seeds (from :data:`HELDOUT_SEED`, uncapped, the default
+    epsilon: the committed held-out tables' protocol), paired with the dense agent on the same seeds.
+
+    Returns plain values: both score lists, the paired difference, the issue's verdict
+    (:func:`tuned_verdict`), the closed-loop reduction (dense products per decision over the tuned
+    setting's significant ones) and the same against the dense agent's significant products.
+    """
+    if episodes < 2:
+        raise ValueError(f"held-out episodes must be >= 2 (a paired interval needs two), got {episodes!r}")
+    start = time.process_time()
+    cfg = result.config
+    directory = _directory(cfg.agent_directory)
+    dense = _dense_heldout(result.env, agent_at(result.env, 0.0, directory).net, episodes, progress)
+    net = agent_at(result.env, result.sparsity, directory).net
+    res = evaluate(net, result.env, episodes=episodes, seed=HELDOUT_SEED, threshold=list(result.thresholds),
+                   backend=cfg.backend, progress=progress)
+    pd_ = paired_difference(dense["scores"], res.scores)
+    sig = res.report.total_significant / res.report.steps
+    return {"seed": HELDOUT_SEED, "episodes": episodes, "epsilon": dense["epsilon"], "max_steps": None,
+            "backend": cfg.backend, "dense_source": dense["source"], "dense_scores": dense["scores"],
+            "dense_lengths": dense["lengths"], "tuned_scores": [float(x) for x in res.scores],
+            "tuned_lengths": res.lengths, "dense_mean": float(np.mean(dense["scores"])), "tuned_mean": res.mean_score,
+            "paired": pd_.to_dict(), "floor": -cfg.max_loss * abs(pd_.base_mean),
+            "verdict": tuned_verdict(pd_.ci_low, pd_.ci_high, pd_.base_mean, cfg.max_loss),
+            "meets_rule": pd_.ci_high >= 0 and pd_.ci_low > -cfg.max_loss * abs(pd_.base_mean),
+            "reduction": res.report.reduction, "significant_per_decision": sig,
+            "dense_per_decision": res.report.total_dense / res.report.steps,
+            "dense_significant_per_decision": dense["significant_per_decision"],
+            "reduction_vs_significant": dense["significant_per_decision"] / sig,
+            "cpu_seconds": time.process_time() - start}
+
+
+def _provenance() -> dict[str, Any]:
+    """Commit, date, CPU and threads of this run."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    cpu = platform.processor()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name")) or cpu
+    except (OSError, StopIteration):
+        pass
+    return {"git_commit": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain", "--", "deltalearn",
+                                                                                    ":!deltalearn/data/tuned")),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def tune_game(game: str, scope: str = "both", *, heldout_episodes: int | None = None, command: str | None = None,
+              progress: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Tune ``game`` on the tuning seeds (:func:`tune`), then confirm the chosen setting on the held-out
+    seeds (:func:`confirm_heldout`): the record ``deltalearn tune`` writes.
+
+    ``scope`` is ``delta`` (sparsity 0) or ``both`` (:func:`scope_sparsities`); :data:`GAME_DEFAULTS`
+    fill what ``overrides`` (:class:`TuneConfig` fields) and ``heldout_episodes`` leave out.
+    """
+    defaults = game_defaults(game, scope)
+    held = defaults.pop("heldout_episodes")
+    held = held if heldout_episodes is None else heldout_episodes
+    known = {f.name for f in fields(TuneConfig)}
+    if set(overrides) - known:
+        raise ValueError(f"unknown tuning setting(s) {', '.join(sorted(set(overrides) - known))}; "
+                         f"known: {', '.join(sorted(known))}")
+    fields_ = {**defaults, **overrides}
+    if "sparsities" not in fields_:
+        fields_["sparsities"] = scope_sparsities(game, scope, fields_.get("agent_directory"))
+    elif scope == "delta" and tuple(fields_["sparsities"]) != (0.0,):
+        raise ValueError(f"scope 'delta' tunes the dense agent alone (sparsity 0), got sparsities "
+                         f"{tuple(fields_['sparsities'])}; use scope 'both'")
+    cfg = replace(TuneConfig(), **fields_).check()
+    if held < 2:
+        raise ValueError(f"heldout_episodes must be >= 2 (a paired interval needs two), got {held!r}")
+    prov = _provenance()  # the code this run starts from (the tree may move on while it plays)
+    run_cfg = replace(cfg, agent_directory=_directory(cfg.agent_directory))
+    result = tune(game, config=run_cfg, progress=progress)
+    result.config = cfg  # the stored form (book_data:...), not this machine's path
+    heldout = confirm_heldout(result, held, progress=progress)
+    tuned = result.to_dict()
+    return {"game": game, "scope": scope, "command": command, "config": asdict(cfg), "heldout_episodes": held,
+            "tuning": tuned, "heldout": heldout, "tune_cpu_minutes": result.cpu_seconds / 60,
+            "heldout_cpu_minutes": heldout["cpu_seconds"] / 60, **prov}
+
+
+def write_tuned(record: dict[str, Any], path: str | os.PathLike | None = None) -> Path:
+    """Write a :func:`tune_game` record as JSON, atomically (a temporary file, then ``os.replace``), by
+    default to the package's ``data/tuned/<game>-<scope>.json``; returns the path."""
+    out = Path(path) if path is not None else DATA_DIR / "tuned" / f"{record['game']}-{record['scope']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def load_tuned(game: str | None = None, root: str | os.PathLike = "tuned") -> pd.DataFrame:
+    """The committed tuning results, one row per (game, scope), columns :data:`TUNED_COLUMNS`.
+
+    ``root`` is the shipped folder ``"tuned"`` or a folder path; ``game`` keeps one game's rows.
+    ``.attrs["provenance"]`` maps each ``"<game>-<scope>"`` to its commit, date, CPU and command.
+    """
+    folder = book_data("tuned") if isinstance(root, str) and root == "tuned" else Path(root)
+    if game is not None and game not in ENV_NAMES:
+        raise ValueError(f"unknown game {game!r}; known: {', '.join(ENV_NAMES)}")
+    rows, prov = [], {}
+    for f in sorted(folder.glob("*.json")):
+        r = json.loads(f.read_text())
+        if game is not None and r["game"] != game:
+            continue
+        t, h = r["tuning"], r["heldout"]
+        rows.append({"game": r["game"], "scope": r["scope"], "sparsity": t["sparsity"], "agent": t["agent"],
+                     "kind": t["kind"], "thresholds": t["thresholds"], "reduction_tuning": t["reduction"],
+                     "reduction_heldout": h["reduction"], "reduction_heldout_vs_significant": h["reduction_vs_significant"],
+                     "dense_mean": h["dense_mean"], "tuned_mean": h["tuned_mean"],
+                     "paired_difference": h["paired"]["mean_difference"], "ci95_low": h["paired"]["ci_low"],
+                     "ci95_high": h["paired"]["ci_high"], "floor": h["floor"], "verdict": h["verdict"],
+                     "meets_rule": h["meets_rule"], "heldout_episodes": h["episodes"],
+                     "tuning_episodes": r["config"]["episodes"], "tune_cpu_minutes": r["tune_cpu_minutes"],
+                     "heldout_cpu_minutes": r["heldout_cpu_minutes"], "command": r["command"]})
+        prov[f"{r['game']}-{r['scope']}"] = {k: r.get(k) for k in ("git_commit", "git_dirty", "date", "cpu",
+                                                                  "torch_threads", "command")} | {"file": f.name}
+    df = pd.DataFrame(rows, columns=list(TUNED_COLUMNS))
+    df.attrs["provenance"] = prov
+    df.attrs["source"] = str(folder)
+    return df
