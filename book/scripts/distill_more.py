@@ -46,15 +46,21 @@ def run_dir(a: argparse.Namespace) -> Path:
 
 def paired(student: dl.QNetwork, a: argparse.Namespace, seed: int, episodes: int) -> dict:
     """Student and dense agent on the same seeds; the paired difference student - dense."""
-    dense = dl.evaluate(dl.load_agent(a.game), a.game, episodes=episodes, seed=seed, epsilon=0.05)
+    cache = ROOT / "runs" / "distill-more" / f"dense-{a.game}-{seed}-{episodes}.json"
+    if cache.exists():  # the dense agent's episodes do not change between candidates
+        dense = json.loads(cache.read_text())
+    else:
+        ev = dl.evaluate(dl.load_agent(a.game), a.game, episodes=episodes, seed=seed, epsilon=0.05)
+        dense = {"scores": list(ev.scores), "mean_score": ev.mean_score}
+        cache.write_text(json.dumps(dense) + "\n")
     ev = dl.evaluate(student, a.game, episodes=episodes, seed=seed, epsilon=0.05)
-    d = dl.paired_difference(dense.scores, ev.scores)
-    return {"game": a.game, "tag": a.tag, "seed": seed, "episodes": episodes, "dense_mean": dense.mean_score,
+    d = dl.paired_difference(dense["scores"], ev.scores)
+    return {"game": a.game, "tag": a.tag, "seed": seed, "episodes": episodes, "dense_mean": dense["mean_score"],
             "student_mean": ev.mean_score, "difference": d.mean_difference, "ci": [d.ci_low, d.ci_high],
-            "ci_low_over_dense": d.ci_low / dense.mean_score if dense.mean_score else None,
+            "ci_low_over_dense": d.ci_low / dense["mean_score"] if dense["mean_score"] else None,
             # the issue's rule: no loss detected (the interval reaches 0 or above) and at most -15% excluded
-            "no_detectable_loss": bool(d.ci_high >= 0 and d.ci_low > -0.15 * dense.mean_score),
-            "student_scores": list(ev.scores), "dense_scores": list(dense.scores)}
+            "no_detectable_loss": bool(d.ci_high >= 0 and d.ci_low > -0.15 * dense["mean_score"]),
+            "student_scores": list(ev.scores), "dense_scores": dense["scores"]}
 
 
 def main(argv: list[str] | None = None) -> int:
