@@ -6,7 +6,7 @@ many more rounds of (student plays, then distillation updates) per stage, with
 ``dl.rl.prune_and_distill(..., student=...)``. Seeded, one torch thread: the same command
 gives the same file.
 
-Three actions, all on one run folder (``runs/distill-more/<Game>-<tag>``, resumable):
+Four actions, all on one run folder (``runs/distill-more/<Game>-<tag>``, resumable):
 
   distill   run (or resume) the distillation
   tune      score the result on tuning seeds (2000...) paired against the dense agent
@@ -16,12 +16,16 @@ Three actions, all on one run folder (``runs/distill-more/<Game>-<tag>``, resuma
 
 The shipped agents were made by (see NOTES-distill.md for what was measured):
 
-  python book/scripts/distill_more.py distill --game Breakout --tag a   (then tune, heldout, ship)
+  Breakout-pruned-0.9: 6 more rounds x 1000 updates at 0.9 from the agent it replaced
+  python book/scripts/distill_more.py distill --game Breakout --tag b --start Breakout-pruned-0.9
+      --start-commit 9bf0883 --stages 0.9 --rounds 6 --updates 1000     (then tune, heldout, ship)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +33,7 @@ import torch
 
 import deltalearn as dl
 from deltalearn.rl.distill import DistillConfig
-from deltalearn.store.agents import fp16_rounded
+from deltalearn.store.agents import fp16_rounded, load_agent_or_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,6 +46,18 @@ def config(a: argparse.Namespace) -> DistillConfig:
 
 def run_dir(a: argparse.Namespace) -> Path:
     return ROOT / "runs" / "distill-more" / f"{a.game}-{a.tag}"
+
+
+def start_file(name: str, commit: str) -> str:
+    """The shipped agent ``name`` as committed at ``commit``, written to the runs folder: a run that
+    started from an agent it then replaced stays reproducible. Returns its path from the repo root."""
+    rel = Path("runs") / "distill-more" / f"{name}@{commit[:7]}.pt"
+    if not (ROOT / rel).exists():
+        blob = subprocess.run(["git", "show", f"{commit}:deltalearn/agents/{name}.pt"], cwd=ROOT, check=True,
+                              capture_output=True).stdout
+        (ROOT / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ROOT / rel).write_bytes(blob)
+    return str(rel)
 
 
 def paired(student: dl.QNetwork, a: argparse.Namespace, seed: int, episodes: int) -> dict:
@@ -70,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--game", required=True)
     p.add_argument("--tag", default="a", help="names the run folder runs/distill-more/<GAME>-<TAG>")
     p.add_argument("--start", default=None, help="shipped agent to start from (default <GAME>-pruned-0.79)")
+    p.add_argument("--start-commit", default=None,
+                   help="take --start as shipped at this git commit (the agent a run replaced)")
     p.add_argument("--stages", type=float, nargs="+", default=[0.85, 0.9])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--updates", type=int, default=1000)
@@ -82,10 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-episodes", type=int, default=30, help="tune/heldout episodes")
     p.add_argument("--stage", type=float, default=None, help="tune/heldout: the stage to score (default the last)")
     a = p.parse_args(argv)
+    os.chdir(ROOT)  # the start file's name in a shipped record is relative to the repository
     torch.set_num_threads(1)
     cfg = config(a)
     start_name = a.start or f"{a.game}-pruned-0.79"
-    teacher, start = dl.load_agent(a.game), dl.load_agent(start_name)
+    if a.start_commit:
+        start_name = start_file(start_name, a.start_commit)
+    teacher, start = dl.load_agent(a.game), load_agent_or_file(ROOT / start_name if a.start_commit else start_name)
     rd = run_dir(a)
     rd.mkdir(parents=True, exist_ok=True)
     if a.action == "ship":
