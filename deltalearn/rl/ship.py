@@ -62,19 +62,28 @@ def ship_trained(result: TrainResult, run_dir: str | os.PathLike, *, episodes: i
 def distill_and_ship(teacher: QNetwork, env: str, cfg: DistillConfig, *, teacher_name: str,
                      run_dir: str | os.PathLike | None = None, keep: Sequence[float] | None = None,
                      episodes: int = 10, seed: int = 0, export: str | os.PathLike | None = None,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, start: QNetwork | None = None,
+                     start_name: str | None = None) -> dict[str, Any]:
     """Prune ``teacher`` stage by stage with distillation, evaluate the ``keep`` stages (default
     all) as they would ship, and with ``export`` write each there as ``<env>-pruned-<s>``.
 
     ``teacher_name`` is a shipped agent's name or the network file the teacher came from: the
     record keeps its sha256 and, for a shipped agent, its recorded evaluation. Returns what
-    the stages scored, with the teacher's score beside them.
+    the stages scored, with the teacher's score beside them. ``start`` (named ``start_name``, a
+    shipped agent or a file) is the network pruning starts from instead of the teacher; the
+    record keeps its name and sha256 as ``init``/``init_sha256``.
     """
+    if start is not None and not start_name:
+        raise ValueError("a start network needs its start_name, so the shipped record can say where it came from")
     keep = list(cfg.stages) if keep is None else list(keep)
     missing = [k for k in keep if k not in cfg.stages]
     if missing:  # before any distilling, not after
         raise ValueError(f"--keep {missing} are not among the stages {list(cfg.stages)}")
-    snaps, hist = prune_and_distill(teacher, env, cfg, run_dir=run_dir, progress=progress)
+    snaps, hist = prune_and_distill(teacher, env, cfg, run_dir=run_dir, progress=progress, student=start)
+    init: dict[str, Any] = {}
+    if start is not None:
+        init = {"init": start_name, "init_sha256": agent_record(start_name)["sha256"] if start_name in agent_names()
+                else sha256(start_name)}
     rec = agent_record(teacher_name) if teacher_name in agent_names() else None
     teacher_eval = (rec or {}).get("evaluation", {})
     teacher_sha = rec["sha256"] if rec is not None else sha256(teacher_name)
@@ -89,6 +98,6 @@ def distill_and_ship(teacher: QNetwork, env: str, cfg: DistillConfig, *, teacher
             export_agent(net, pruned_agent_name(env, s), {
                 "env": env, "teacher": teacher_name, "teacher_sha256": teacher_sha,
                 "teacher_evaluation": teacher_eval, "config": {"sparsity": s, "distill": cfg.to_dict()},
-                "stage": row["stage"], "seed": cfg.seed, "evaluation": ev.record(),
+                "stage": row["stage"], "seed": cfg.seed, "evaluation": ev.record(), **init,
             }, directory=export)
     return {"env": env, "teacher": teacher_name, "teacher_mean_score": teacher_eval.get("mean_score"), "pruned": out}
