@@ -376,8 +376,9 @@ GAME_DEFAULTS: dict[str, dict[str, Any]] = {
     # ~1,500 in BattleZone (held-out tables).
     "Robotank": {"max_steps": 3000},
     "Robotank-both": {"max_steps": 2000, "budget": 30, "confirmations": 3},
-    # Enduro's held-out episodes alone cost ~160,000 uncapped steps: its tuning gets the least
-    "Enduro": {"max_steps": 1000, "budget": 20, "confirmations": 2},
+    # Enduro's held-out episodes alone cost ~160,000 uncapped steps. Two plays of 1,000 steps were too
+    # few: both went to 0.9 candidates that just missed the floor, and the tuner fell back to dense
+    "Enduro": {"max_steps": 2000, "budget": 20, "confirmations": 4},
     # Freeway's variants score alike in every episode of the held-out table: the first play decides
     "Freeway": {"max_steps": 1000, "budget": 30, "confirmations": 2},
     # Episodes from the held-out tables' spread (paired sd of the table setting against dense): for
