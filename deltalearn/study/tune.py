@@ -16,8 +16,6 @@ import datetime
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -39,6 +37,8 @@ from .settings import HELDOUT_EPISODES, HELDOUT_SEED
 from ..store.trajectories import DATA_DIR
 from .shipped import book_data
 from .stats import PairedDifference, paired_difference
+from .bench import _cpu, _git
+from ..store.checkpoint import atomic_write
 
 __all__ = ["TuneConfig", "TuneResult", "tune", "input_scales", "search_open_loop", "TUNE_SCOPES", "GAME_DEFAULTS",
            "game_defaults", "scope_sparsities", "confirm_heldout", "tuned_verdict", "tune_game", "write_tuned",
@@ -473,7 +473,7 @@ def _dense_heldout(env: str, dense: nn.Module, episodes: int, progress: bool) ->
         scores += res.scores
         lengths += res.lengths
         sig, steps = sig + res.report.total_significant, steps + res.report.steps
-        if source != "played" and not source.startswith("played"):
+        if not source.startswith("played"):
             source += f"; seeds {HELDOUT_SEED + len(scores) - len(res.scores)}+ played here"
     return {"scores": [float(x) for x in scores], "lengths": lengths, "source": source, "epsilon": eps,
             "significant_per_decision": sig / steps}
@@ -498,13 +498,14 @@ def confirm_heldout(result: TuneResult, episodes: int = HELDOUT_EPISODES, *, pro
                    backend=cfg.backend, progress=progress)
     pd_ = paired_difference(dense["scores"], res.scores)
     sig = res.report.total_significant / res.report.steps
+    floor = -cfg.max_loss * abs(pd_.base_mean)
     return {"seed": HELDOUT_SEED, "episodes": episodes, "epsilon": dense["epsilon"], "max_steps": None,
             "backend": cfg.backend, "dense_source": dense["source"], "dense_scores": dense["scores"],
             "dense_lengths": dense["lengths"], "tuned_scores": [float(x) for x in res.scores],
             "tuned_lengths": res.lengths, "dense_mean": float(np.mean(dense["scores"])), "tuned_mean": res.mean_score,
-            "paired": pd_.to_dict(), "floor": -cfg.max_loss * abs(pd_.base_mean),
+            "paired": pd_.to_dict(), "floor": floor,
             "verdict": tuned_verdict(pd_.ci_low, pd_.ci_high, pd_.base_mean, cfg.max_loss),
-            "meets_rule": pd_.ci_high >= 0 and pd_.ci_low > -cfg.max_loss * abs(pd_.base_mean),
+            "meets_rule": pd_.ci_high >= 0 and pd_.ci_low > floor,
             "reduction": res.report.reduction, "significant_per_decision": sig,
             "dense_per_decision": res.report.total_dense / res.report.steps,
             "dense_significant_per_decision": dense["significant_per_decision"],
@@ -513,23 +514,10 @@ def confirm_heldout(result: TuneResult, episodes: int = HELDOUT_EPISODES, *, pro
 
 
 def _provenance() -> dict[str, Any]:
-    """Commit, date, CPU and threads of this run."""
-    root = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    cpu = platform.processor()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name")) or cpu
-    except (OSError, StopIteration):
-        pass
-    return {"git_commit": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain", "--", "deltalearn",
-                                                                                    ":!deltalearn/data/tuned")),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
+    """Commit, date, CPU and threads of this run (the library's code, the tuned records left out)."""
+    dirty = _git("status", "--porcelain", "--", ":(top)deltalearn", ":(top,exclude)deltalearn/data/tuned")
+    return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(dirty),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "cpu": _cpu(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
@@ -572,10 +560,7 @@ def write_tuned(record: dict[str, Any], path: str | os.PathLike | None = None) -
     """Write a :func:`tune_game` record as JSON, atomically (a temporary file, then ``os.replace``), by
     default to the package's ``data/tuned/<game>-<scope>.json``; returns the path."""
     out = Path(path) if path is not None else DATA_DIR / "tuned" / f"{record['game']}-{record['scope']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
     return out
 
 
