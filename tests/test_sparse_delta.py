@@ -242,3 +242,26 @@ def test_uint8_frames_compare_changed_bytes_only(hw, threshold):
     # a float frame midway turns the shortcut off for good; the results stay the dense path's
     mixed = [x.float() if t == 20 else x for t, x in enumerate(seq)]
     assert_same(net, mixed, threshold, atol=1e-4, reset_at=30, rows=[0])
+
+
+def test_full_reset_keeps_the_packed_pools_and_starts_over():
+    """reset() keeps the packed weights (packing a Nature DQN took ~20 ms, once per episode before);
+    the steps after it equal a new network's exactly, the uint8 shortcut a float frame turned off
+    is back, and a batch of another size gets new pools."""
+    net = byte_net(8)
+    seq = byte_frames(4, 40, seed=3)
+    ths = [0.003, 0.01, 0.0, 0.02]
+    d = dl.DeltaNetwork(net, ths, backend="sparse")
+    for t, x in enumerate(seq[:20]):
+        d(x.float() if t == 10 else x)
+    pools = d._engine.fused
+    assert not pools.u8
+    d.reset()
+    new = dl.DeltaNetwork(net, ths, backend="sparse")
+    for x in seq[20:]:
+        assert torch.equal(d(x), new(x))
+        assert torch.equal(d.last_counts, new.last_counts)
+    assert d._engine.fused is pools and pools.u8
+    d.reset()
+    assert torch.equal(d(seq[0][:2]), dl.DeltaNetwork(net, ths, backend="sparse")(seq[0][:2]))
+    assert d._engine.fused is not pools and d.batch_size == 2
