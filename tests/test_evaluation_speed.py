@@ -139,3 +139,31 @@ def test_an_evaluation_cut_short_closes_its_environments_instead_of_keeping_them
         with pytest.raises(Stop):  # fails after borrowing both: they are closed, not kept
             ev.evaluate(net, "CartPole-v1", episodes=2, seed=0)
         assert len(closed) == 2 and ev._POOL["CartPole-v1"] == []
+
+
+@pytest.mark.parametrize("game", ["Breakout", "SpaceInvaders"])
+def test_the_greyscale_inner_env_shows_the_network_the_same_frames(game):
+    import ale_py
+    import gymnasium as gym
+
+    gym.register_envs(ale_py)
+    rgb = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0, full_action_space=False)
+    assert rgb.unwrapped._obs_type == "rgb"
+    rgb = gym.wrappers.FrameStackObservation(gym.wrappers.AtariPreprocessing(
+        rgb, noop_max=30, frame_skip=4, screen_size=84, terminal_on_life_loss=False, grayscale_obs=True), 4,
+        padding_type="zero")
+    ours = dl.make_env(game)
+    assert ours.unwrapped._obs_type == "grayscale"
+    rng = np.random.default_rng(1)
+    for seed in (0, 5):  # a second reset: the no-op starts are drawn again
+        a, _ = rgb.reset(seed=seed)
+        b, _ = ours.reset(seed=seed)
+        assert np.array_equal(a, b)
+        for _ in range(150):
+            act = int(rng.integers(ours.action_space.n))
+            a, ra, ta, ua, _ = rgb.step(act)
+            b, rb, tb, ub, _ = ours.step(act)
+            assert np.array_equal(a, b) and (ra, ta, ua) == (rb, tb, ub)
+    frame = dl.make_env(game, render_mode="rgb_array")
+    frame.reset(seed=0)
+    assert frame.render().shape == (210, 160, 3)  # rendering still shows the colour screen
