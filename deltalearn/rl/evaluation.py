@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ def _fanout(m: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     return probe.grad.flatten().round().to(torch.float64)
 
 
-def _stepper(pol: Policy, example: torch.Tensor) -> Any:
+def _stepper(pol: Policy, example: torch.Tensor) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """What a decision calls: the policy itself with a delta network, else its counted dense forward."""
     return pol if pol.delta is not None else _FanoutCounted(pol.net, example)
 
