@@ -337,32 +337,31 @@ def _run_plan(plan: _GamePlan, workers: int = 1, engine: str | None = None, sche
         if echo is not None:
             echo(line)
 
-    with reusing_envs():  # the table's environments serve the sweep's closed-loop cells too
-        dense = agent_at(env, 0.0).net
-        grid = list(plan.sweep_sparsities or sorted({0.0, 0.5, s, 0.9}))
-        # the fine-tuned pruned agents `deltalearn distill` shipped, by sparsity; other sparsities prune one-shot
-        at = {x: agent_at(env, x) for x in {s, *grid} if x > 0}
-        tuned = {x: a.net for x, a in at.items() if a.fine_tuned}
-        if "table" in plan.parts:
-            pruned, pruned_from = plan.pruned or ((at[s].net, at[s].name) if s in tuned else (None, None))
-            partial = Path(out) / f"{env}_table.partial.json" if plan.partial else None
-            table = reproduce_table(dense, env, s, plan.threshold, episodes=plan.episodes, seed=plan.seed,
-                                    pruned_net=pruned, progress=plan.progress, one_shot=plan.one_shot,
-                                    max_steps=plan.max_steps, partial=partial, backend=plan.backend)
-            table["pruned_from"] = pruned_from
-            result.table = table
-            result.written += write_results(out, f"{env}_table", table)
-            said(f"{env}: wrote {out}/{env}_table.json")
-        if "sweep" in plan.parts:
-            obs = _sweep_observations(plan, dense, result)
-            thresholds = list(plan.sweep_thresholds or sweep_thresholds(env, len(layer_names(dense))))
-            result.sweep = reproduce_sweep(dense, env, obs, grid, thresholds, episodes=plan.sweep_episodes,
-                                           seed=plan.seed, progress=plan.progress, max_steps=plan.max_steps,
-                                           pruned_nets=tuned, workers=workers, engine=engine, scheduler=scheduler,
-                                           backend=plan.backend)
-            paths = write_results(out, f"{env}_sweep", result.sweep)
-            result.written += paths
-            said(f"{env}: wrote {', '.join(str(p) for p in paths)}")
+    dense = agent_at(env, 0.0).net
+    grid = list(plan.sweep_sparsities or sorted({0.0, 0.5, s, 0.9}))
+    # the fine-tuned pruned agents `deltalearn distill` shipped, by sparsity; other sparsities prune one-shot
+    at = {x: agent_at(env, x) for x in {s, *grid} if x > 0}
+    tuned = {x: a.net for x, a in at.items() if a.fine_tuned}
+    if "table" in plan.parts:
+        pruned, pruned_from = plan.pruned or ((at[s].net, at[s].name) if s in tuned else (None, None))
+        partial = Path(out) / f"{env}_table.partial.json" if plan.partial else None
+        table = reproduce_table(dense, env, s, plan.threshold, episodes=plan.episodes, seed=plan.seed,
+                                pruned_net=pruned, progress=plan.progress, one_shot=plan.one_shot,
+                                max_steps=plan.max_steps, partial=partial, backend=plan.backend)
+        table["pruned_from"] = pruned_from
+        result.table = table
+        result.written += write_results(out, f"{env}_table", table)
+        said(f"{env}: wrote {out}/{env}_table.json")
+    if "sweep" in plan.parts:
+        obs = _sweep_observations(plan, dense, result)
+        thresholds = list(plan.sweep_thresholds or sweep_thresholds(env, len(layer_names(dense))))
+        result.sweep = reproduce_sweep(dense, env, obs, grid, thresholds, episodes=plan.sweep_episodes,
+                                       seed=plan.seed, progress=plan.progress, max_steps=plan.max_steps,
+                                       pruned_nets=tuned, workers=workers, engine=engine, scheduler=scheduler,
+                                       backend=plan.backend)
+        paths = write_results(out, f"{env}_sweep", result.sweep)
+        result.written += paths
+        said(f"{env}: wrote {', '.join(str(p) for p in paths)}")
     return result
 
 
