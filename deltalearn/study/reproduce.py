@@ -27,7 +27,7 @@ from ..store.agents import agent_names
 from ..store.checkpoint import atomic_write
 from ..core.counting import count_weights
 from ..rl.envs import check_actions
-from ..rl.evaluation import check_backend, evaluate, replay
+from ..rl.evaluation import check_backend, evaluate, replay, reusing_envs
 from ..core.nets import QNetwork, plain_copy
 from ..core.delta import check_threshold
 from ..core.pruning import check_sparsity, prune_network
@@ -79,19 +79,20 @@ def reproduce_table(net: QNetwork, env: str, sparsity: float, threshold: float |
         saved = json.loads(Path(partial).read_text())
         if saved.get("key") == key:  # only rows of exactly this table; anything else starts afresh
             rows = saved["variants"]
-    for name, s, t in tqdm(variants, desc=f"{env} variants", disable=not progress):
-        if name in rows:
-            continue
-        base = pruned_net if (s > 0 and pruned_net is not None and name != "pruned one-shot") else net
-        res = evaluate(base, env, episodes=episodes, seed=seed, sparsity=0.0 if base is pruned_net else s,
-                       threshold=t, max_steps=max_steps, backend=backend)
-        d = res.to_dict()
-        d["variant"], d["sparsity"], d["threshold"] = name, s, t
-        rows[name] = d
-        if partial is not None:
-            write_results(Path(partial).parent, Path(partial).stem, {"key": key, "variants": rows})
-        if not progress:
-            status_line(f"{env} {name}", f"score {res.mean_score:.1f}", f"{res.report.reduction:.1f}x fewer")
+    with reusing_envs():  # the variants play the same games: one set of environments for all
+        for name, s, t in tqdm(variants, desc=f"{env} variants", disable=not progress):
+            if name in rows:
+                continue
+            base = pruned_net if (s > 0 and pruned_net is not None and name != "pruned one-shot") else net
+            res = evaluate(base, env, episodes=episodes, seed=seed, sparsity=0.0 if base is pruned_net else s,
+                           threshold=t, max_steps=max_steps, backend=backend)
+            d = res.to_dict()
+            d["variant"], d["sparsity"], d["threshold"] = name, s, t
+            rows[name] = d
+            if partial is not None:
+                write_results(Path(partial).parent, Path(partial).stem, {"key": key, "variants": rows})
+            if not progress:
+                status_line(f"{env} {name}", f"score {res.mean_score:.1f}", f"{res.report.reduction:.1f}x fewer")
     pruned = pruned_net if pruned_net is not None else prune_network(plain_copy(net), sparsity)
     out = {"env": env, "sparsity": sparsity, "threshold": threshold, "episodes": episodes, "seed": seed,
            "fine_tuned": pruned_net is not None, "variants": {n: rows[n] for n, _, _ in variants},
@@ -167,14 +168,15 @@ def reproduce_sweep(net: QNetwork, env: str, observations: np.ndarray, sparsitie
     ctx = _SweepContext(net, env, observations, replay(net, observations).actions, pruned_nets, episodes, seed,
                         max_steps, backend)
     grid = [(s, t) for s in sparsities for t in thresholds]
-    rows = iter_tasks(_sweep_cell, grid, shared=ctx, workers=workers, engine=engine, scheduler=scheduler)
     out = []
-    for row in tqdm(rows, total=len(grid), desc=f"{env} sweep", disable=not progress):
-        out.append(row)
-        if not progress:
-            status_line(f"{env} sparsity {row['sparsity']:g} threshold {row['threshold']}",
-                        f"{row['reduction']:.1f}x fewer", f"agreement {row['agreement']:.2f}",
-                        *([f"score {row['mean_score']:.1f}"] if episodes > 0 else []))
+    with reusing_envs():  # closed-loop cells run here one after another share their environments
+        rows = iter_tasks(_sweep_cell, grid, shared=ctx, workers=workers, engine=engine, scheduler=scheduler)
+        for row in tqdm(rows, total=len(grid), desc=f"{env} sweep", disable=not progress):
+            out.append(row)
+            if not progress:
+                status_line(f"{env} sparsity {row['sparsity']:g} threshold {row['threshold']}",
+                            f"{row['reduction']:.1f}x fewer", f"agreement {row['agreement']:.2f}",
+                            *([f"score {row['mean_score']:.1f}"] if episodes > 0 else []))
     return out
 
 
