@@ -288,9 +288,11 @@ def _confirm_tuned(a: argparse.Namespace) -> int:
              str(a.confirm_seed), "--confirm-episodes", str(a.confirm_episodes)]
     if a.records:
         parts += ["--records", a.records]
+    if a.play_dense:
+        parts += ["--play-dense"]
     try:
         rec = confirm_tuned(a.game, a.scope, seed=a.confirm_seed, episodes=a.confirm_episodes,
-                            progress=not a.no_progress, root=a.records or "tuned")
+                            progress=not a.no_progress, root=a.records or "tuned", share_dense=not a.play_dense)
     except FileNotFoundError as e:  # no record to confirm: one clear line like any other bad value
         raise ValueError(str(e)) from e
     rec["command"] = shlex.join(parts)
@@ -314,8 +316,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
     _set_threads(a.threads)
     if a.confirm:
         return _confirm_tuned(a)
-    if a.confirm_seed != 5000 or a.confirm_episodes != 60 or a.records:
-        raise ValueError("--confirm-seed, --confirm-episodes and --records go with --confirm")
+    if a.confirm_seed != 5000 or a.confirm_episodes != 60 or a.records or a.play_dense:
+        raise ValueError("--confirm-seed, --confirm-episodes, --records and --play-dense go with --confirm")
     over: dict[str, Any] = {k: v for k, v in (("episodes", a.episodes), ("seed", a.seed), ("budget", a.budget),
                                                ("min_agreement", a.min_agreement), ("confirmations", a.confirmations),
                                                ("backend", a.backend), ("agent_directory", a.agent_directory))
@@ -638,6 +640,9 @@ def _add_tune(sub: Any) -> None:
                    help="with --confirm: paired episodes (default 60)")
     t.add_argument("--records", default=None,
                    help="with --confirm: the folder of tuning records (default the shipped deltalearn/data/tuned)")
+    t.add_argument("--play-dense", action="store_true",
+                   help="with --confirm: play the dense agent even when the game's other scope's confirmation has "
+                   "played it on the same seeds (by default its scores are taken, after replaying its first episode)")
     t.add_argument("--out", default=None, help="the JSON file to write (default deltalearn/data/tuned/<game>-<scope>.json, "
                    "with --confirm deltalearn/data/tuned/confirm/<game>-<scope>.json)")
     t.add_argument("--json", action="store_true", help="print the record as JSON")

@@ -339,7 +339,8 @@ def _check_confirmation(c):
     holds = p.ci_low <= 0 <= p.ci_high and p.ci_low > floor  # the rule, written out again
     assert (c["verdict"] == "no detectable loss") == holds
     assert c["meets_rule"] == (p.ci_high >= 0 and p.ci_low > floor)
-    assert c["dense_source"] == "played"
+    # played on these seeds, here or by the game's other scope's confirmation
+    assert c["dense_source"] == "played" or c["dense_source"].startswith("played on these seeds by the confirmation")
 
 
 def test_every_confirmation_verdict_follows_its_own_scores(confirm_root):
@@ -352,3 +353,23 @@ def test_every_confirmation_verdict_follows_its_own_scores(confirm_root):
         _check_confirmation(c)
         assert c["seed"] == 5000 and c["episodes"] == 60, f.name  # the pre-declared design
         assert not set(range(c["seed"], c["seed"] + c["episodes"])) & set(range(1000, 1100)), f.name
+
+
+def test_a_second_scope_takes_the_dense_side_its_first_scope_played(confirm_root, capsys):
+    root, first = confirm_root
+    (root / f"{ENV}-delta.json").write_text((root / f"{ENV}-both.json").read_text())  # a second record of the game
+    base = ["tune", "--game", ENV, "--scope", "delta", "--confirm", "--confirm-episodes", str(CONFIRM_EPISODES),
+            "--records", str(root), "--no-progress"]
+    assert cli.main([*base, "--out", str(root / "confirm" / f"{ENV}-delta.json")]) == 0
+    shared = json.loads((root / "confirm" / f"{ENV}-delta.json").read_text())
+    assert shared["dense_source"].startswith(f"played on these seeds by the confirmation of {ENV} (both)")
+    assert "episode 0 replayed here" in shared["dense_source"]
+    assert cli.main([*base, "--play-dense", "--out", str(root / "played.json")]) == 0
+    played = json.loads((root / "played.json").read_text())
+    assert played["dense_source"] == "played" and played["command"].endswith("--play-dense")
+    for key in ("dense_scores", "dense_lengths", "dense_significant_per_decision", "paired", "verdict"):
+        assert shared[key] == played[key] == first[key], key
+    # another seed range is not the same protocol: nothing is shared
+    assert cli.main([*base, "--confirm-seed", "6000", "--out", str(root / "other.json")]) == 0
+    assert json.loads((root / "other.json").read_text())["dense_source"] == "played"
+    _check_confirmation(shared)

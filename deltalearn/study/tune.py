@@ -484,18 +484,18 @@ def _dense_scores(env: str, dense: nn.Module, seed: int, episodes: int, progress
 
 
 def _paired_play(env: str, directory: str | None, sparsity: float, thresholds: Sequence[float], backend: str,
-                 max_loss: float, *, seed: int, episodes: int, dense_from_table: bool,
+                 max_loss: float, *, seed: int, episodes: int, dense_source: Callable[[nn.Module], dict[str, Any]],
                  progress: bool) -> dict[str, Any]:
     """One setting played on seeds ``seed..seed + episodes - 1`` (uncapped, the default epsilon), paired with
     the dense agent on the same seeds: the fields of a held-out or a fresh-seed confirmation.
 
-    ``dense_from_table`` takes the dense scores from the committed held-out table where it matches
-    (:func:`_dense_scores`); otherwise the dense agent is played here too.
+    ``dense_source(dense_net)`` gives the dense side (:func:`_dense_scores`' fields): from the committed
+    held-out table, from another confirmation of the same game, or played here.
     """
     if episodes < 2:
         raise ValueError(f"confirmation episodes must be >= 2 (a paired interval needs two), got {episodes!r}")
     start = time.process_time()
-    dense = _dense_scores(env, agent_at(env, 0.0, directory).net, seed, episodes, progress, table=dense_from_table)
+    dense = dense_source(agent_at(env, 0.0, directory).net)
     net = agent_at(env, sparsity, directory).net
     res = evaluate(net, env, episodes=episodes, seed=seed, threshold=list(thresholds), backend=backend,
                    progress=progress)
@@ -528,8 +528,9 @@ def confirm_heldout(result: TuneResult, episodes: int = HELDOUT_EPISODES, *, pro
         raise ValueError(f"held-out episodes must be >= 2 (a paired interval needs two), got {episodes!r}")
     cfg = result.config
     return _paired_play(result.env, _directory(cfg.agent_directory), result.sparsity, result.thresholds,
-                        cfg.backend, cfg.max_loss, seed=HELDOUT_SEED, episodes=episodes, dense_from_table=True,
-                        progress=progress)
+                        cfg.backend, cfg.max_loss, seed=HELDOUT_SEED, episodes=episodes, progress=progress,
+                        dense_source=lambda net: _dense_scores(result.env, net, HELDOUT_SEED, episodes, progress,
+                                                               table=True))
 
 
 def _provenance() -> dict[str, Any]:
@@ -593,16 +594,44 @@ def _tuned_folder(root: str | os.PathLike) -> Path:
     return book_data("tuned") if isinstance(root, str) and root == "tuned" else Path(root)
 
 
+def _dense_shared(game: str, scope: str, dense: nn.Module, folder: Path, directory: str | None, seed: int,
+                  episodes: int) -> dict[str, Any] | None:
+    """The dense side another scope's confirmation of ``game`` played on the same seeds under the same
+    protocol, checked by replaying its first episode here; None when there is none or the replay differs.
+    The dense play is deterministic, so playing it again would give the same scores at the same cost."""
+    for other in TUNE_SCOPES:
+        f = folder / "confirm" / f"{game}-{other}.json"
+        if other == scope or not f.exists():
+            continue
+        c = json.loads(f.read_text())
+        same = ((c["seed"], c["episodes"], c["epsilon"], c["max_steps"], c["agent_directory"], c["dense_source"])
+                == (seed, episodes, default_epsilon(game), None, directory, "played"))
+        if not same:
+            continue
+        check = evaluate(dense, game, episodes=1, seed=seed)
+        if check.scores[0] != c["dense_scores"][0] or check.lengths[0] != c["dense_lengths"][0]:
+            continue
+        return {"scores": c["dense_scores"], "lengths": c["dense_lengths"], "epsilon": c["epsilon"],
+                "significant_per_decision": c["dense_significant_per_decision"],
+                "source": (f"played on these seeds by the confirmation of {game} ({other}) (confirm/{f.name}, commit "
+                           f"{str(c['git_commit'])[:10]}; episode 0 replayed here: score {check.scores[0]:g} in "
+                           f"{check.lengths[0]} steps, as stored)")}
+    return None
+
+
 def confirm_tuned(game: str, scope: str = "both", *, seed: int = 5000, episodes: int = 60, progress: bool = False,
-                  root: str | os.PathLike = "tuned") -> dict[str, Any]:
+                  root: str | os.PathLike = "tuned", share_dense: bool = True) -> dict[str, Any]:
     """Confirm a committed tuning record on fresh seeds: its setting and the dense agent both played on
     seeds ``seed..seed + episodes - 1`` (uncapped, the default epsilon, as held out), paired.
 
     A second, independent sample beside the record's held-out result: the same fields (scores,
     lengths, paired difference, floor, verdict, meets_rule, reduction, ...) plus the record's setting,
-    CPU minutes and provenance. No dense score is reused: both sides are played here. Seeds that overlap
-    the held-out block (1000-1099) or the record's tuning seeds are refused. ``root`` is where the
-    records are (:func:`load_tuned`'s); write the result with :func:`write_confirm`.
+    CPU minutes and provenance. No dense score comes from a table: the dense agent is played on these
+    seeds, except that with ``share_dense`` a game's second scope takes the dense side its first scope's
+    confirmation (``<root>/confirm/``) played on the same seeds and protocol, after replaying its first
+    episode here (``dense_source`` says which). Seeds that overlap the held-out block (1000-1099) or the
+    record's tuning seeds are refused. ``root`` is where the records are (:func:`load_tuned`'s); write the
+    result with :func:`write_confirm`.
     """
     game_defaults(game, scope)  # checks both names
     path = _tuned_folder(root) / f"{game}-{scope}.json"
@@ -622,8 +651,14 @@ def confirm_tuned(game: str, scope: str = "both", *, seed: int = 5000, episodes:
                              f"{used.start}..{used.stop - 1}; choose fresh seeds (e.g. 5000)")
     t = rec["tuning"]
     prov = _provenance()
+
+    def dense_source(net: nn.Module) -> dict[str, Any]:
+        shared = _dense_shared(game, scope, net, path.parent, cfg["agent_directory"], seed, episodes) if share_dense \
+            else None
+        return shared or _dense_scores(game, net, seed, episodes, progress, table=False)
+
     out = _paired_play(game, _directory(cfg["agent_directory"]), t["sparsity"], t["thresholds"], cfg["backend"],
-                       cfg["max_loss"], seed=seed, episodes=episodes, dense_from_table=False, progress=progress)
+                       cfg["max_loss"], seed=seed, episodes=episodes, dense_source=dense_source, progress=progress)
     return {"game": game, "scope": scope, "record": path.name, "record_commit": rec.get("git_commit"),
             "agent": t["agent"], "sparsity": t["sparsity"], "kind": t["kind"], "thresholds": t["thresholds"],
             "agent_directory": cfg["agent_directory"], **out, "cpu_minutes": out["cpu_seconds"] / 60,
