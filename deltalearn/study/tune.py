@@ -720,6 +720,8 @@ def load_tuned(game: str | None = None, root: str | os.PathLike = "tuned") -> pd
         prov[f"{r['game']}-{r['scope']}"] = {k: r.get(k) for k in ("git_commit", "git_dirty", "date", "cpu",
                                                                   "torch_threads", "command")} | {"file": f.name}
     df = pd.DataFrame(rows, columns=list(TUNED_COLUMNS))
+    for c in ("confirm_verdict", "confirm_meets_rule", "confirm_date"):  # None where missing, never NaN
+        df[c] = df[c].astype(object).where(df[c].notna(), None)
     df.attrs["provenance"] = prov
     df.attrs["source"] = str(folder)
     return df
