@@ -270,11 +270,54 @@ def _tune_command(a: argparse.Namespace, over: dict[str, Any], held: int | None)
     return shlex.join(parts)
 
 
+def _confirm_tuned(a: argparse.Namespace) -> int:
+    """``deltalearn tune --confirm``: the committed record's setting and the dense agent on fresh seeds."""
+    import shlex
+
+    from .study.tune import confirm_tuned, write_confirm
+
+    tuning = [opt for opt, key in (("--sparsities", "sparsities"), ("--episodes", "episodes"), ("--seed", "seed"),
+                                   ("--budget", "budget"), ("--min-agreement", "min_agreement"),
+                                   ("--confirmations", "confirmations"), ("--backend", "backend"),
+                                   ("--heldout-episodes", "heldout_episodes"), ("--agent-directory", "agent_directory"),
+                                   ("--max-steps", "max_steps")) if getattr(a, key, None) is not None]
+    if tuning:
+        raise ValueError(f"--confirm plays the committed record's own setting; tuning option(s) "
+                         f"{', '.join(tuning)} do not apply")
+    parts = ["deltalearn", "tune", "--game", a.game, "--scope", a.scope, "--confirm", "--confirm-seed",
+             str(a.confirm_seed), "--confirm-episodes", str(a.confirm_episodes)]
+    if a.records:
+        parts += ["--records", a.records]
+    if a.play_dense:
+        parts += ["--play-dense"]
+    try:
+        rec = confirm_tuned(a.game, a.scope, seed=a.confirm_seed, episodes=a.confirm_episodes,
+                            progress=not a.no_progress, root=a.records or "tuned", share_dense=not a.play_dense)
+    except FileNotFoundError as e:  # no record to confirm: one clear line like any other bad value
+        raise ValueError(str(e)) from e
+    rec["command"] = shlex.join(parts)
+    path = write_confirm(rec, a.out)
+    if a.json:
+        print(json.dumps(rec))
+        return 0
+    p = rec["paired"]
+    print(f"{a.game} ({a.scope}) confirmed on seeds {rec['seed']}-{rec['seed'] + rec['episodes'] - 1}: "
+          f"{rec['reduction']:.1f}x, dense {rec['dense_mean']:.4g}, tuned {rec['tuned_mean']:.4g}, paired "
+          f"{p['mean_difference']:+.3g} (95% CI {p['ci_low']:+.3g} to {p['ci_high']:+.3g}, floor {rec['floor']:.3g}): "
+          f"{rec['verdict']}; {rec['cpu_minutes']:.1f} CPU min")
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_tune(a: argparse.Namespace) -> int:
     from .study.tune import game_defaults, tune_game, write_tuned
 
     game_defaults(a.game, a.scope)  # an unknown game or scope fails here, before anything loads
     _set_threads(a.threads)
+    if a.confirm:
+        return _confirm_tuned(a)
+    if a.confirm_seed != 5000 or a.confirm_episodes != 60 or a.records or a.play_dense:
+        raise ValueError("--confirm-seed, --confirm-episodes, --records and --play-dense go with --confirm")
     over: dict[str, Any] = {k: v for k, v in (("episodes", a.episodes), ("seed", a.seed), ("budget", a.budget),
                                                ("min_agreement", a.min_agreement), ("confirmations", a.confirmations),
                                                ("backend", a.backend), ("agent_directory", a.agent_directory))
@@ -588,7 +631,20 @@ def _add_tune(sub: Any) -> None:
                    help="held-out episodes from seed 1000 (default 30, or the game's)")
     t.add_argument("--agent-directory", default=None,
                    help="where the agents are (default: the shipped ones; CartPole-v1: book_data:pruned)")
-    t.add_argument("--out", default=None, help="the JSON file to write (default deltalearn/data/tuned/<game>-<scope>.json)")
+    t.add_argument("--confirm", action="store_true",
+                   help="do not tune: confirm the committed record's setting on fresh seeds, paired with the dense "
+                   "agent played on the same seeds, and write deltalearn/data/tuned/confirm/<game>-<scope>.json")
+    t.add_argument("--confirm-seed", type=int, default=5000,
+                   help="with --confirm: the first fresh seed (default 5000; not 1000-1099 or the tuning seeds)")
+    t.add_argument("--confirm-episodes", type=_positive, default=60,
+                   help="with --confirm: paired episodes (default 60)")
+    t.add_argument("--records", default=None,
+                   help="with --confirm: the folder of tuning records (default the shipped deltalearn/data/tuned)")
+    t.add_argument("--play-dense", action="store_true",
+                   help="with --confirm: play the dense agent even when the game's other scope's confirmation has "
+                   "played it on the same seeds (by default its scores are taken, after replaying its first episode)")
+    t.add_argument("--out", default=None, help="the JSON file to write (default deltalearn/data/tuned/<game>-<scope>.json, "
+                   "with --confirm deltalearn/data/tuned/confirm/<game>-<scope>.json)")
     t.add_argument("--json", action="store_true", help="print the record as JSON")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default)")
     t.add_argument("--no-progress", action="store_true")

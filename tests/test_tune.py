@@ -253,3 +253,123 @@ def test_committed_records_load_and_their_verdicts_follow_their_numbers():
     assert set(one.game) == {ENV}
     with pytest.raises(ValueError, match="unknown game 'Pong2'"):
         dl.study.load_tuned("Pong2")
+
+
+# --- the fresh-seed confirmation of a committed record (deltalearn tune --confirm) ---
+
+CONFIRM_EPISODES = 4
+
+
+@pytest.fixture(scope="module")
+def confirm_root(tmp_path_factory):
+    """A records folder holding a copy of the committed CartPole record, and its confirmation written by the CLI."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("records")
+    (root / f"{ENV}-both.json").write_text((dl.study.book_data("tuned") / f"{ENV}-both.json").read_text())
+    out = root / "confirm" / f"{ENV}-both.json"
+    argv = ["tune", "--game", ENV, "--scope", "both", "--confirm", "--confirm-seed", "5000", "--confirm-episodes",
+            str(CONFIRM_EPISODES), "--records", str(root), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    return root, json.loads(out.read_text())
+
+
+def test_the_cli_confirmation_is_an_independent_paired_run_on_fresh_seeds(confirm_root):
+    root, c = confirm_root
+    rec = json.loads((root / f"{ENV}-both.json").read_text())
+    t = rec["tuning"]
+    net = dl.study.agent_at(ENV, t["sparsity"], dl.study.book_data("pruned")).net
+    dense = dl.evaluate(dl.load_agent(ENV), ENV, episodes=CONFIRM_EPISODES, seed=5000)
+    tuned = dl.evaluate(net, ENV, episodes=CONFIRM_EPISODES, seed=5000, threshold=t["thresholds"],
+                        backend=rec["config"]["backend"])
+    assert c["seed"] == 5000 and c["episodes"] == CONFIRM_EPISODES and c["max_steps"] is None
+    assert c["dense_source"] == "played"  # both sides played here, nothing reused
+    assert c["dense_scores"] == dense.scores and c["tuned_scores"] == tuned.scores
+    assert c["dense_lengths"] == dense.lengths and c["tuned_lengths"] == tuned.lengths
+    assert c["paired"] == dl.paired_difference(dense.scores, tuned.scores).to_dict()
+    assert c["reduction"] == pytest.approx(tuned.report.reduction)
+    assert c["thresholds"] == t["thresholds"] and c["agent"] == t["agent"]
+    assert c["command"] == (f"deltalearn tune --game {ENV} --scope both --confirm --confirm-seed 5000 "
+                            f"--confirm-episodes {CONFIRM_EPISODES} --records {root}")
+    assert not list((root / "confirm").glob(".*.tmp"))
+
+
+def test_load_tuned_gains_the_confirmation_columns(confirm_root):
+    root, c = confirm_root
+    row = dl.study.load_tuned(root=root).iloc[0]
+    assert row.confirm_episodes == CONFIRM_EPISODES and row.confirm_seed == 5000
+    assert row.confirm_diff == c["paired"]["mean_difference"] and row.confirm_ci_low == c["paired"]["ci_low"]
+    assert row.confirm_verdict == c["verdict"] and row.confirm_reduction == c["reduction"]
+    # a record without a confirmation file: NaN and None, not an error
+    bare = root.parent / "bare"
+    bare.mkdir()
+    (bare / f"{ENV}-both.json").write_text((root / f"{ENV}-both.json").read_text())
+    row = dl.study.load_tuned(root=bare).iloc[0]
+    assert np.isnan(row.confirm_diff) and row.confirm_verdict is None and row.confirm_meets_rule is None
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--confirm-seed", "1050"], r"seeds 1050\.\.1053 overlap the held-out seeds 1000\.\.1099"),
+    (["--confirm-seed", "998"], r"overlap the held-out seeds"),
+    (["--confirm-seed", "2020"], r"overlap the record's tuning seeds 2000\.\.2029"),
+    (["--confirm-episodes", "1"], "confirmation episodes must be >= 2"),
+    (["--episodes", "5"], "--confirm plays the committed record's own setting; tuning option.s. --episodes"),
+])
+def test_bad_confirmations_are_named(argv, match, capsys):
+    base = ["tune", "--game", ENV, "--confirm", "--confirm-episodes", "4", "--no-progress", "--out",
+            "/nonexistent/never.json"]
+    assert cli.main([*base, *argv]) == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_a_missing_record_is_named(tmp_path, capsys):
+    argv = ["tune", "--game", "Breakout", "--confirm", "--records", str(tmp_path), "--no-progress"]
+    assert cli.main(argv) == 2
+    assert re.search(r"no tuning record for Breakout \(both\) to confirm: .*Breakout-both.json does not exist; "
+                     r"records there: none", capsys.readouterr().err)
+    with pytest.raises(FileNotFoundError, match="no tuning record for Robotank"):
+        dl.study.confirm_tuned("Robotank", "delta", root=tmp_path)
+
+
+def _check_confirmation(c):
+    p = dl.paired_difference(c["dense_scores"], c["tuned_scores"])  # recomputed from the stored scores
+    assert p.ci_low == pytest.approx(c["paired"]["ci_low"]) and p.ci_high == pytest.approx(c["paired"]["ci_high"])
+    assert p.base_mean == pytest.approx(c["dense_mean"]) and len(c["tuned_scores"]) == c["episodes"]
+    floor = -0.15 * abs(p.base_mean)
+    assert c["floor"] == pytest.approx(floor)
+    holds = p.ci_low <= 0 <= p.ci_high and p.ci_low > floor  # the issue's rule, written out again
+    assert (c["verdict"] == "no detectable loss") == holds
+    assert c["meets_rule"] == (p.ci_high >= 0 and p.ci_low > floor)
+    # played on these seeds, here or by the game's other scope's confirmation
+    assert c["dense_source"] == "played" or c["dense_source"].startswith("played on these seeds by the confirmation")
+
+
+def test_every_confirmation_verdict_follows_its_own_scores(confirm_root):
+    _check_confirmation(confirm_root[1])
+    committed = sorted((dl.study.book_data("tuned") / "confirm").glob("*.json")) if (
+        dl.study.book_data("tuned") / "confirm").exists() else []
+    for f in committed:
+        c = json.loads(f.read_text())
+        assert f.name == f"{c['game']}-{c['scope']}.json"
+        _check_confirmation(c)
+        assert c["seed"] == 5000 and c["episodes"] == 60, f.name  # the pre-declared design
+        assert not set(range(c["seed"], c["seed"] + c["episodes"])) & set(range(1000, 1100)), f.name
+
+
+def test_a_second_scope_takes_the_dense_side_its_first_scope_played(confirm_root, capsys):
+    root, first = confirm_root
+    (root / f"{ENV}-delta.json").write_text((root / f"{ENV}-both.json").read_text())  # a second record of the game
+    base = ["tune", "--game", ENV, "--scope", "delta", "--confirm", "--confirm-episodes", str(CONFIRM_EPISODES),
+            "--records", str(root), "--no-progress"]
+    assert cli.main([*base, "--out", str(root / "confirm" / f"{ENV}-delta.json")]) == 0
+    shared = json.loads((root / "confirm" / f"{ENV}-delta.json").read_text())
+    assert shared["dense_source"].startswith(f"played on these seeds by the confirmation of {ENV} (both)")
+    assert "episode 0 replayed here" in shared["dense_source"]
+    assert cli.main([*base, "--play-dense", "--out", str(root / "played.json")]) == 0
+    played = json.loads((root / "played.json").read_text())
+    assert played["dense_source"] == "played" and played["command"].endswith("--play-dense")
+    for key in ("dense_scores", "dense_lengths", "dense_significant_per_decision", "paired", "verdict"):
+        assert shared[key] == played[key] == first[key], key
+    # another seed range is not the same protocol: nothing is shared
+    assert cli.main([*base, "--confirm-seed", "6000", "--out", str(root / "other.json")]) == 0
+    assert json.loads((root / "other.json").read_text())["dense_source"] == "played"
+    _check_confirmation(shared)

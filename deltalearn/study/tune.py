@@ -42,7 +42,7 @@ from ..store.checkpoint import atomic_write
 
 __all__ = ["TuneConfig", "TuneResult", "tune", "input_scales", "search_open_loop", "TUNE_SCOPES", "GAME_DEFAULTS",
            "game_defaults", "scope_sparsities", "confirm_heldout", "tuned_verdict", "tune_game", "write_tuned",
-           "load_tuned", "TUNED_COLUMNS"]
+           "load_tuned", "TUNED_COLUMNS", "confirm_tuned", "write_confirm"]
 
 
 @dataclass(frozen=True)
@@ -399,8 +399,12 @@ TUNED_COLUMNS: tuple[str, ...] = (
     "game", "scope", "sparsity", "agent", "kind", "thresholds", "reduction_tuning", "reduction_heldout",
     "reduction_heldout_vs_significant", "dense_mean", "tuned_mean", "paired_difference", "ci95_low", "ci95_high",
     "floor", "verdict", "meets_rule", "heldout_episodes", "tuning_episodes", "tune_cpu_minutes",
-    "heldout_cpu_minutes", "command")
-"""The columns of :func:`load_tuned`, in order."""
+    "heldout_cpu_minutes", "command", "confirm_seed", "confirm_episodes", "confirm_dense_mean", "confirm_tuned_mean",
+    "confirm_diff", "confirm_ci_low", "confirm_ci_high", "confirm_floor", "confirm_verdict", "confirm_meets_rule",
+    "confirm_reduction", "confirm_cpu_minutes", "confirm_date")
+"""The columns of :func:`load_tuned`, in order (``confirm_*``: the fresh-seed confirmation of
+:func:`confirm_tuned`, NaN/None where a record has none)."""
+CONFIRM_COLUMNS: tuple[str, ...] = tuple(c for c in TUNED_COLUMNS if c.startswith("confirm_"))
 
 
 def _directory(d: str | None) -> str | None:
@@ -443,15 +447,16 @@ def tuned_verdict(ci_low: float, ci_high: float, dense_mean: float, max_loss: fl
     return "no detectable loss" if not failed else "fails: " + "; ".join(failed)
 
 
-def _dense_heldout(env: str, dense: nn.Module, episodes: int, progress: bool) -> dict[str, Any]:
-    """The dense agent's held-out scores: the committed table's where it holds them under the same
-    protocol (checked by replaying its first episode), else played here; later seeds are played."""
+def _dense_scores(env: str, dense: nn.Module, seed: int, episodes: int, progress: bool, *,
+                  table: bool) -> dict[str, Any]:
+    """The dense agent's scores on seeds ``seed..``: with ``table``, the committed held-out table's where
+    it holds them under the same protocol (checked by replaying its first episode); the rest played here."""
     eps, path = default_epsilon(env), DATA_DIR / "heldout" / f"{env}_table.json"
     scores: list[float] = []
     lengths: list[int] = []
     sig = steps = 0
     source = "played"
-    if path.exists():
+    if table and seed == HELDOUT_SEED and path.exists():
         rec = json.loads(path.read_text())["variants"].get("dense", {})
         same = (rec.get("seed") == HELDOUT_SEED and rec.get("epsilon") == eps and rec.get("max_steps") is None
                 and rec.get("threshold") is None and rec.get("sparsity") == 0.0)
@@ -468,15 +473,47 @@ def _dense_heldout(env: str, dense: nn.Module, episodes: int, progress: bool) ->
                 source = (f"played (heldout/{env}_table.json's episode 0 scored {rec['scores'][0]:g} in "
                           f"{rec['lengths'][0]} steps, a replay here {check.scores[0]:g} in {check.lengths[0]})")
     if len(scores) < episodes:
-        res = evaluate(dense, env, episodes=episodes - len(scores), seed=HELDOUT_SEED + len(scores),
-                       progress=progress)
+        res = evaluate(dense, env, episodes=episodes - len(scores), seed=seed + len(scores), progress=progress)
         scores += res.scores
         lengths += res.lengths
         sig, steps = sig + res.report.total_significant, steps + res.report.steps
         if not source.startswith("played"):
-            source += f"; seeds {HELDOUT_SEED + len(scores) - len(res.scores)}+ played here"
+            source += f"; seeds {seed + len(scores) - len(res.scores)}+ played here"
     return {"scores": [float(x) for x in scores], "lengths": lengths, "source": source, "epsilon": eps,
             "significant_per_decision": sig / steps}
+
+
+def _paired_play(env: str, directory: str | None, sparsity: float, thresholds: Sequence[float], backend: str,
+                 max_loss: float, *, seed: int, episodes: int, dense_source: Callable[[nn.Module], dict[str, Any]],
+                 progress: bool) -> dict[str, Any]:
+    """One setting played on seeds ``seed..seed + episodes - 1`` (uncapped, the default epsilon), paired with
+    the dense agent on the same seeds: the fields of a held-out or a fresh-seed confirmation.
+
+    ``dense_source(dense_net)`` gives the dense side (:func:`_dense_scores`' fields): from the committed
+    held-out table, from another confirmation of the same game, or played here.
+    """
+    if episodes < 2:
+        raise ValueError(f"confirmation episodes must be >= 2 (a paired interval needs two), got {episodes!r}")
+    start = time.process_time()
+    dense = dense_source(agent_at(env, 0.0, directory).net)
+    net = agent_at(env, sparsity, directory).net
+    res = evaluate(net, env, episodes=episodes, seed=seed, threshold=list(thresholds), backend=backend,
+                   progress=progress)
+    pd_ = paired_difference(dense["scores"], res.scores)
+    sig = res.report.total_significant / res.report.steps
+    floor = -max_loss * abs(pd_.base_mean)
+    return {"seed": seed, "episodes": episodes, "epsilon": dense["epsilon"], "max_steps": None,
+            "backend": backend, "dense_source": dense["source"], "dense_scores": dense["scores"],
+            "dense_lengths": dense["lengths"], "tuned_scores": [float(x) for x in res.scores],
+            "tuned_lengths": res.lengths, "dense_mean": float(np.mean(dense["scores"])), "tuned_mean": res.mean_score,
+            "paired": pd_.to_dict(), "floor": floor,
+            "verdict": tuned_verdict(pd_.ci_low, pd_.ci_high, pd_.base_mean, max_loss),
+            "meets_rule": pd_.ci_high >= 0 and pd_.ci_low > floor,
+            "reduction": res.report.reduction, "significant_per_decision": sig,
+            "dense_per_decision": res.report.total_dense / res.report.steps,
+            "dense_significant_per_decision": dense["significant_per_decision"],
+            "reduction_vs_significant": dense["significant_per_decision"] / sig,
+            "cpu_seconds": time.process_time() - start}
 
 
 def confirm_heldout(result: TuneResult, episodes: int = HELDOUT_EPISODES, *, progress: bool = False) -> dict[str, Any]:
@@ -489,28 +526,11 @@ def confirm_heldout(result: TuneResult, episodes: int = HELDOUT_EPISODES, *, pro
     """
     if episodes < 2:
         raise ValueError(f"held-out episodes must be >= 2 (a paired interval needs two), got {episodes!r}")
-    start = time.process_time()
     cfg = result.config
-    directory = _directory(cfg.agent_directory)
-    dense = _dense_heldout(result.env, agent_at(result.env, 0.0, directory).net, episodes, progress)
-    net = agent_at(result.env, result.sparsity, directory).net
-    res = evaluate(net, result.env, episodes=episodes, seed=HELDOUT_SEED, threshold=list(result.thresholds),
-                   backend=cfg.backend, progress=progress)
-    pd_ = paired_difference(dense["scores"], res.scores)
-    sig = res.report.total_significant / res.report.steps
-    floor = -cfg.max_loss * abs(pd_.base_mean)
-    return {"seed": HELDOUT_SEED, "episodes": episodes, "epsilon": dense["epsilon"], "max_steps": None,
-            "backend": cfg.backend, "dense_source": dense["source"], "dense_scores": dense["scores"],
-            "dense_lengths": dense["lengths"], "tuned_scores": [float(x) for x in res.scores],
-            "tuned_lengths": res.lengths, "dense_mean": float(np.mean(dense["scores"])), "tuned_mean": res.mean_score,
-            "paired": pd_.to_dict(), "floor": floor,
-            "verdict": tuned_verdict(pd_.ci_low, pd_.ci_high, pd_.base_mean, cfg.max_loss),
-            "meets_rule": pd_.ci_high >= 0 and pd_.ci_low > floor,
-            "reduction": res.report.reduction, "significant_per_decision": sig,
-            "dense_per_decision": res.report.total_dense / res.report.steps,
-            "dense_significant_per_decision": dense["significant_per_decision"],
-            "reduction_vs_significant": dense["significant_per_decision"] / sig,
-            "cpu_seconds": time.process_time() - start}
+    return _paired_play(result.env, _directory(cfg.agent_directory), result.sparsity, result.thresholds,
+                        cfg.backend, cfg.max_loss, seed=HELDOUT_SEED, episodes=episodes, progress=progress,
+                        dense_source=lambda net: _dense_scores(result.env, net, HELDOUT_SEED, episodes, progress,
+                                                               table=True))
 
 
 def _provenance() -> dict[str, Any]:
@@ -564,13 +584,121 @@ def write_tuned(record: dict[str, Any], path: str | os.PathLike | None = None) -
     return out
 
 
+HELDOUT_RESERVED = range(HELDOUT_SEED, HELDOUT_SEED + 100)
+"""Seeds kept for held-out plays (the tables' 30 and the tuned records' up to 60, with room): a fresh-seed
+confirmation may not use them."""
+
+
+def _tuned_folder(root: str | os.PathLike) -> Path:
+    """``"tuned"``: the shipped records; anything else: a folder path."""
+    return book_data("tuned") if isinstance(root, str) and root == "tuned" else Path(root)
+
+
+def _dense_shared(game: str, scope: str, dense: nn.Module, folder: Path, directory: str | None, seed: int,
+                  episodes: int) -> dict[str, Any] | None:
+    """The dense side another scope's confirmation of ``game`` played on the same seeds under the same
+    protocol, checked by replaying its first episode here; None when there is none or the replay differs.
+    The dense play is deterministic, so playing it again would give the same scores at the same cost."""
+    for other in TUNE_SCOPES:
+        f = folder / "confirm" / f"{game}-{other}.json"
+        if other == scope or not f.exists():
+            continue
+        c = json.loads(f.read_text())
+        same = ((c["seed"], c["episodes"], c["epsilon"], c["max_steps"], c["agent_directory"], c["dense_source"])
+                == (seed, episodes, default_epsilon(game), None, directory, "played"))
+        if not same:
+            continue
+        check = evaluate(dense, game, episodes=1, seed=seed)
+        if check.scores[0] != c["dense_scores"][0] or check.lengths[0] != c["dense_lengths"][0]:
+            continue
+        return {"scores": c["dense_scores"], "lengths": c["dense_lengths"], "epsilon": c["epsilon"],
+                "significant_per_decision": c["dense_significant_per_decision"],
+                "source": (f"played on these seeds by the confirmation of {game} ({other}) (confirm/{f.name}, commit "
+                           f"{str(c['git_commit'])[:10]}; episode 0 replayed here: score {check.scores[0]:g} in "
+                           f"{check.lengths[0]} steps, as stored)")}
+    return None
+
+
+def confirm_tuned(game: str, scope: str = "both", *, seed: int = 5000, episodes: int = 60, progress: bool = False,
+                  root: str | os.PathLike = "tuned", share_dense: bool = True) -> dict[str, Any]:
+    """Confirm a committed tuning record on fresh seeds: its setting and the dense agent both played on
+    seeds ``seed..seed + episodes - 1`` (uncapped, the default epsilon, as held out), paired.
+
+    A second, independent sample beside the record's held-out result: the same fields (scores,
+    lengths, paired difference, floor, verdict, meets_rule, reduction, ...) plus the record's setting,
+    CPU minutes and provenance. No dense score comes from a table: the dense agent is played on these
+    seeds, except that with ``share_dense`` a game's second scope takes the dense side its first scope's
+    confirmation (``<root>/confirm/``) played on the same seeds and protocol, after replaying its first
+    episode here (``dense_source`` says which). Seeds that overlap the held-out block (1000-1099) or the
+    record's tuning seeds are refused. ``root`` is where the records are (:func:`load_tuned`'s); write the
+    result with :func:`write_confirm`.
+    """
+    game_defaults(game, scope)  # checks both names
+    path = _tuned_folder(root) / f"{game}-{scope}.json"
+    if not path.exists():
+        have = sorted(f.stem for f in path.parent.glob("*.json"))
+        raise FileNotFoundError(f"no tuning record for {game} ({scope}) to confirm: {path} does not exist; "
+                                f"records there: {', '.join(have) or 'none'}")
+    rec = json.loads(path.read_text())
+    if episodes < 2:
+        raise ValueError(f"confirmation episodes must be >= 2 (a paired interval needs two), got {episodes!r}")
+    seeds = range(seed, seed + episodes)
+    cfg = rec["config"]
+    tuning = range(cfg["seed"], cfg["seed"] + cfg["episodes"])
+    for name, used in (("held-out", HELDOUT_RESERVED), ("record's tuning", tuning)):
+        if seeds.start < used.stop and used.start < seeds.stop:
+            raise ValueError(f"confirmation seeds {seeds.start}..{seeds.stop - 1} overlap the {name} seeds "
+                             f"{used.start}..{used.stop - 1}; choose fresh seeds (e.g. 5000)")
+    t = rec["tuning"]
+    prov = _provenance()
+
+    def dense_source(net: nn.Module) -> dict[str, Any]:
+        shared = _dense_shared(game, scope, net, path.parent, cfg["agent_directory"], seed, episodes) if share_dense \
+            else None
+        return shared or _dense_scores(game, net, seed, episodes, progress, table=False)
+
+    out = _paired_play(game, _directory(cfg["agent_directory"]), t["sparsity"], t["thresholds"], cfg["backend"],
+                       cfg["max_loss"], seed=seed, episodes=episodes, dense_source=dense_source, progress=progress)
+    return {"game": game, "scope": scope, "record": path.name, "record_commit": rec.get("git_commit"),
+            "agent": t["agent"], "sparsity": t["sparsity"], "kind": t["kind"], "thresholds": t["thresholds"],
+            "agent_directory": cfg["agent_directory"], **out, "cpu_minutes": out["cpu_seconds"] / 60,
+            "command": None, **prov}
+
+
+def write_confirm(record: dict[str, Any], path: str | os.PathLike | None = None) -> Path:
+    """Write a :func:`confirm_tuned` result as JSON, atomically, by default to the package's
+    ``data/tuned/confirm/<game>-<scope>.json``; returns the path."""
+    out = (Path(path) if path is not None
+           else DATA_DIR / "tuned" / "confirm" / f"{record['game']}-{record['scope']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    return out
+
+
+def _confirm_columns(folder: Path, game: str, scope: str) -> dict[str, Any]:
+    """The confirmation columns of one record's row (NaN/None when it has no confirmation file)."""
+    f = folder / "confirm" / f"{game}-{scope}.json"
+    if not f.exists():
+        return {c: (None if c in ("confirm_verdict", "confirm_meets_rule", "confirm_date") else math.nan)
+                for c in CONFIRM_COLUMNS}
+    c = json.loads(f.read_text())
+    p = c["paired"]
+    return {"confirm_seed": c["seed"], "confirm_episodes": c["episodes"], "confirm_dense_mean": c["dense_mean"],
+            "confirm_tuned_mean": c["tuned_mean"], "confirm_diff": p["mean_difference"],
+            "confirm_ci_low": p["ci_low"], "confirm_ci_high": p["ci_high"], "confirm_floor": c["floor"],
+            "confirm_verdict": c["verdict"], "confirm_meets_rule": c["meets_rule"],
+            "confirm_reduction": c["reduction"], "confirm_cpu_minutes": c["cpu_minutes"],
+            "confirm_date": c["date"]}
+
+
 def load_tuned(game: str | None = None, root: str | os.PathLike = "tuned") -> pd.DataFrame:
-    """The committed tuning results, one row per (game, scope), columns :data:`TUNED_COLUMNS`.
+    """The committed tuning results, one row per (game, scope), columns :data:`TUNED_COLUMNS`: the
+    held-out figures and, where ``confirm/<game>-<scope>.json`` exists, the fresh-seed confirmation's.
 
     ``root`` is the shipped folder ``"tuned"`` or a folder path; ``game`` keeps one game's rows.
     ``.attrs["provenance"]`` maps each ``"<game>-<scope>"`` to its commit, date, CPU and command.
     """
-    folder = book_data("tuned") if isinstance(root, str) and root == "tuned" else Path(root)
+    folder = _tuned_folder(root)
     if game is not None and game not in ENV_NAMES:
         raise ValueError(f"unknown game {game!r}; known: {', '.join(ENV_NAMES)}")
     rows, prov = [], {}
@@ -587,10 +715,13 @@ def load_tuned(game: str | None = None, root: str | os.PathLike = "tuned") -> pd
                      "ci95_high": h["paired"]["ci_high"], "floor": h["floor"], "verdict": h["verdict"],
                      "meets_rule": h["meets_rule"], "heldout_episodes": h["episodes"],
                      "tuning_episodes": r["config"]["episodes"], "tune_cpu_minutes": r["tune_cpu_minutes"],
-                     "heldout_cpu_minutes": r["heldout_cpu_minutes"], "command": r["command"]})
+                     "heldout_cpu_minutes": r["heldout_cpu_minutes"], "command": r["command"],
+                     **_confirm_columns(folder, r["game"], r["scope"])})
         prov[f"{r['game']}-{r['scope']}"] = {k: r.get(k) for k in ("git_commit", "git_dirty", "date", "cpu",
                                                                   "torch_threads", "command")} | {"file": f.name}
     df = pd.DataFrame(rows, columns=list(TUNED_COLUMNS))
+    for c in ("confirm_verdict", "confirm_meets_rule", "confirm_date"):  # None where missing, never NaN
+        df[c] = df[c].astype(object).where(df[c].notna(), None)
     df.attrs["provenance"] = prov
     df.attrs["source"] = str(folder)
     return df
