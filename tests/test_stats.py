@@ -51,3 +51,24 @@ def test_bad_input_is_refused():
         dl.paired_difference([1], [1])
     with pytest.raises(ValueError, match="level"):
         dl.paired_difference([1, 2], [1, 2], level=95)
+
+
+def test_episodes_for_floor_gives_the_asked_power_and_not_fewer():
+    """With no true loss, n episodes clear the floor about 80% of the time, n - 10 clearly less often:
+    measured by simulating the paired interval itself."""
+    sd, floor = 1.0, -0.4
+    n = dl.study.episodes_for_floor(sd, floor)
+    rng = np.random.default_rng(0)
+
+    def share_clearing(m: int, trials: int = 2000) -> float:
+        d = rng.normal(0.0, sd, (trials, m))
+        return float(np.mean([dl.paired_difference(np.zeros(m), row).ci_low > floor for row in d]))
+
+    assert 45 <= n <= 55  # ((1.96 + 0.84) / 0.4)^2 = 49, a little more with t quantiles
+    assert abs(share_clearing(n) - 0.8) < 0.04
+    assert share_clearing(n - 10) < 0.74
+    assert dl.study.episodes_for_floor(2 * sd, floor) > 3.5 * n  # four times the variance
+    assert dl.study.episodes_for_floor(0.0, floor) == 2
+    for bad in ({"sd": -1, "floor": -1}, {"sd": 1, "floor": 0.5}, {"sd": 1, "floor": -1, "power": 1.0}):
+        with pytest.raises(ValueError):
+            dl.study.episodes_for_floor(**bad)

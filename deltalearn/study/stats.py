@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["PairedDifference", "paired_difference"]
+__all__ = ["PairedDifference", "paired_difference", "episodes_for_floor"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,26 @@ def paired_difference(base: Sequence[float], other: Sequence[float], level: floa
     unpaired = float(np.sqrt(a.var(ddof=1) / n + b.var(ddof=1) / n))
     return PairedDifference(n, float(d.mean()), se, unpaired, level, float(d.mean()) - half,
                             float(d.mean()) + half, float(a.mean()))
+
+
+def episodes_for_floor(sd: float, floor: float, power: float = 0.8, level: float = 0.95) -> int:
+    """Paired episodes a setting with no true loss needs for its interval's lower end to clear ``floor``
+    with probability ``power``: the smallest n with ``|floor| / (sd / sqrt(n)) >= t(level, n - 1) + z(power)``.
+
+    ``sd`` is the standard deviation of the per-episode differences (``paired_se * sqrt(episodes)``).
+    A rule such as "the lower end is above -15% of the dense mean" can only be met reliably with about
+    this many episodes, whatever the setting: below it, a verdict at the floor is close to a coin toss.
+    """
+    if not sd >= 0 or not np.isfinite(sd):
+        raise ValueError(f"sd must be a finite number >= 0, got {sd!r}")
+    if not floor < 0:
+        raise ValueError(f"floor must be below 0 (an allowed loss), got {floor!r}")
+    if not 0 < power < 1 or not 0 < level < 1:
+        raise ValueError(f"power and level must be in (0, 1), got {power!r} and {level!r}")
+    if sd == 0:
+        return 2
+    z = float(_st.norm.ppf(power))
+    n = 2
+    while abs(floor) * np.sqrt(n) / sd < float(_st.t.ppf(0.5 + level / 2, n - 1)) + z:
+        n += 1
+    return n

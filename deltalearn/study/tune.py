@@ -398,12 +398,13 @@ fields of :class:`TuneConfig` plus ``heldout_episodes``. Anything given explicit
 TUNED_COLUMNS: tuple[str, ...] = (
     "game", "scope", "sparsity", "agent", "kind", "thresholds", "reduction_tuning", "reduction_heldout",
     "reduction_heldout_vs_significant", "dense_mean", "tuned_mean", "paired_difference", "ci95_low", "ci95_high",
-    "floor", "verdict", "meets_rule", "heldout_episodes", "tuning_episodes", "tune_cpu_minutes",
+    "paired_sd", "floor", "verdict", "meets_rule", "heldout_episodes", "tuning_episodes", "tune_cpu_minutes",
     "heldout_cpu_minutes", "command", "confirm_seed", "confirm_episodes", "confirm_dense_mean", "confirm_tuned_mean",
-    "confirm_diff", "confirm_ci_low", "confirm_ci_high", "confirm_floor", "confirm_verdict", "confirm_meets_rule",
+    "confirm_diff", "confirm_ci_low", "confirm_ci_high", "confirm_paired_sd", "confirm_floor", "confirm_verdict", "confirm_meets_rule",
     "confirm_reduction", "confirm_cpu_minutes", "confirm_date")
 """The columns of :func:`load_tuned`, in order (``confirm_*``: the fresh-seed confirmation of
-:func:`confirm_tuned`, NaN/None where a record has none)."""
+:func:`confirm_tuned`, NaN/None where a record has none). ``paired_sd``: the standard deviation of
+the per-episode differences, for :func:`~deltalearn.study.stats.episodes_for_floor`."""
 CONFIRM_COLUMNS: tuple[str, ...] = tuple(c for c in TUNED_COLUMNS if c.startswith("confirm_"))
 
 
@@ -685,7 +686,8 @@ def _confirm_columns(folder: Path, game: str, scope: str) -> dict[str, Any]:
     p = c["paired"]
     return {"confirm_seed": c["seed"], "confirm_episodes": c["episodes"], "confirm_dense_mean": c["dense_mean"],
             "confirm_tuned_mean": c["tuned_mean"], "confirm_diff": p["mean_difference"],
-            "confirm_ci_low": p["ci_low"], "confirm_ci_high": p["ci_high"], "confirm_floor": c["floor"],
+            "confirm_ci_low": p["ci_low"], "confirm_ci_high": p["ci_high"],
+            "confirm_paired_sd": p["paired_se"] * math.sqrt(p["episodes"]), "confirm_floor": c["floor"],
             "confirm_verdict": c["verdict"], "confirm_meets_rule": c["meets_rule"],
             "confirm_reduction": c["reduction"], "confirm_cpu_minutes": c["cpu_minutes"],
             "confirm_date": c["date"]}
@@ -712,7 +714,9 @@ def load_tuned(game: str | None = None, root: str | os.PathLike = "tuned") -> pd
                      "reduction_heldout": h["reduction"], "reduction_heldout_vs_significant": h["reduction_vs_significant"],
                      "dense_mean": h["dense_mean"], "tuned_mean": h["tuned_mean"],
                      "paired_difference": h["paired"]["mean_difference"], "ci95_low": h["paired"]["ci_low"],
-                     "ci95_high": h["paired"]["ci_high"], "floor": h["floor"], "verdict": h["verdict"],
+                     "ci95_high": h["paired"]["ci_high"],
+                     "paired_sd": h["paired"]["paired_se"] * math.sqrt(h["paired"]["episodes"]),
+                     "floor": h["floor"], "verdict": h["verdict"],
                      "meets_rule": h["meets_rule"], "heldout_episodes": h["episodes"],
                      "tuning_episodes": r["config"]["episodes"], "tune_cpu_minutes": r["tune_cpu_minutes"],
                      "heldout_cpu_minutes": r["heldout_cpu_minutes"], "command": r["command"],
