@@ -29,7 +29,7 @@ from torch import nn
 from .chain import trace_chain
 
 __all__ = [
-    "weight_layers", "layer_names", "dense_products", "significant_products",
+    "weight_layers", "layer_names", "dense_products", "significant_products", "input_fanouts",
     "forward_with_counts", "count_significant", "LayerCount", "MultiplicationReport", "count_dense",
     "count_weights", "dense_counts", "combine", "COUNT_RTOL", "COUNT_FLOOR", "counts_close",
 ]
@@ -100,6 +100,28 @@ def significant_products(layer: nn.Module, x_nonzero: torch.Tensor,
             out = F.conv2d(xm, wm, **_conv_args(layer))
             # each output element is an exact small integer; sum in float64 to stay exact
             return out.to(torch.float64).flatten(1).sum(dim=1).round().to(torch.int64)
+    raise TypeError(f"{type(layer).__name__} does no multiplications we count")
+
+
+def input_fanouts(layer: nn.Module, in_shape: Sequence[int], weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per input element of ``layer`` (shape ``in_shape``, no batch): how many non-zero weights it meets
+    over all outputs, int64 in ``in_shape``.
+
+    A layer's significant products are these summed over its non-zero inputs, so with them fixed per
+    network, counting a step is one dot product instead of :func:`significant_products`' second
+    convolution on 0/1 masks (the sparse engine and the evaluation of networks without a delta
+    network count this way). ``weight`` defaults to the layer's own.
+    """
+    w = layer.weight if weight is None else weight
+    wm = (w.detach() != 0).to(torch.float32)
+    if isinstance(layer, nn.Linear):
+        return wm.sum(dim=0).round().to(torch.int64)
+    if isinstance(layer, nn.Conv2d):
+        # the gradient of sum(conv(x, mask(W))) with respect to x: exact small integers in float32
+        probe = torch.zeros(1, *in_shape, device=wm.device, requires_grad=True)
+        with torch.enable_grad():
+            F.conv2d(probe, wm, **_conv_args(layer)).sum().backward()
+        return probe.grad[0].round().to(torch.int64)
     raise TypeError(f"{type(layer).__name__} does no multiplications we count")
 
 

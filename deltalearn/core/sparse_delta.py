@@ -38,6 +38,7 @@ from numba import njit
 from torch import nn
 
 from . import _sparse_kernels as K
+from .counting import input_fanouts
 
 if TYPE_CHECKING:
     from .delta import DeltaNetwork
@@ -226,7 +227,6 @@ class _Layer:
         self.conv = isinstance(m, nn.Conv2d)
         self.weight = weight
         self.crossover = crossover
-        wm = (weight != 0).to(torch.float32)
         if self.conv:
             c, h, w = in_shape
             self.args = dict(stride=m.stride, padding=m.padding, dilation=m.dilation)
@@ -234,12 +234,7 @@ class _Layer:
             self.dims = np.array([c, h, w, wo], dtype=np.int64)
             # weight slices (in * kh * kw, out): the scatter's inner loop over outputs is contiguous
             self.w = np.ascontiguousarray(weight.permute(1, 2, 3, 0).reshape(-1, weight.shape[0]).numpy())
-            # fan-out of input element i: the non-zero weights it meets over all outputs, i.e. the
-            # gradient of sum(conv(x, mask(W))) with respect to x (exact small integers)
-            probe = torch.zeros(1, c, h, w, requires_grad=True)
-            with torch.enable_grad():
-                F.conv2d(probe, wm, **self.args).sum().backward()
-            self.fan_chw = probe.grad[0].round().to(torch.int64)
+            self.fan_chw = input_fanouts(m, in_shape, weight)
             fan = self.fan_chw  # reordered when the first input shows its memory layout
             (kh, kw), (st_y, st_x) = m.kernel_size, m.stride
             (p_y, p_x), (d_y, d_x) = m.padding, m.dilation
@@ -250,7 +245,7 @@ class _Layer:
             z0 = torch.zeros(rows, ho, wo, weight.shape[0])  # channels-last: (rows, ho, wo, out)
         else:
             self.w = np.ascontiguousarray(weight.t().numpy())
-            fan = wm.sum(dim=0).round().to(torch.int64)
+            fan = input_fanouts(m, in_shape, weight)
             z0 = torch.zeros(rows, weight.shape[0])
         self.fanout = fan.flatten().numpy().copy()
         n = int(self.fanout.shape[0])
@@ -374,7 +369,7 @@ def _pack_layer(l: int, name: str, m: nn.Module, weight: torch.Tensor, shape: tu
     a conv reads that conv's channels-last output, so its weight rows are permuted to match.
     """
     cout = weight.shape[0]
-    wm = (weight != 0).to(torch.float32)
+    fan = input_fanouts(m, shape, weight)
     if isinstance(m, nn.Conv2d):
         c, h, wd = shape
         if c >= 1 << 15 or h >= 256 or wd >= 256:
@@ -382,10 +377,6 @@ def _pack_layer(l: int, name: str, m: nn.Module, weight: torch.Tensor, shape: tu
                             f"layer {name} has {c}x{h}x{wd}: use backend=\"dense\"")
         args = dict(stride=m.stride, padding=m.padding, dilation=m.dilation)
         ho, wo = F.conv2d(torch.zeros(1, c, h, wd), weight, **args).shape[2:]
-        probe = torch.zeros(1, c, h, wd, requires_grad=True)
-        with torch.enable_grad():
-            F.conv2d(probe, wm, **args).sum().backward()
-        fan = probe.grad[0].round().to(torch.int64)
         (kh, kw), (sy, sx) = m.kernel_size, m.stride
         cc, yy, xx = np.meshgrid(np.arange(c), np.arange(h), np.arange(wd), indexing="ij")
         return dict(rows_w=weight.permute(1, 2, 3, 0).reshape(-1, cout).numpy(),
@@ -398,7 +389,6 @@ def _pack_layer(l: int, name: str, m: nn.Module, weight: torch.Tensor, shape: tu
                     pos=((cc << 16) | (yy << 8) | xx).transpose(1, 2, 0).ravel().astype(np.int32))
     c = int(shape[0])
     rows_w = weight.t().numpy()
-    fan = wm.sum(dim=0).round().to(torch.int64)
     if prev_out is not None and flat:
         pc, ph, pw = prev_out
         perm = np.arange(c).reshape(pc, ph, pw).transpose(1, 2, 0).ravel()

@@ -12,12 +12,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.chain import trace_chain
-from ..core.counting import MultiplicationReport
+from ..core.counting import MultiplicationReport, input_fanouts
 from ..core.nets import plain_copy
 from ..core.variants import Policy, Variant, as_variant
 from .envs import check_actions, example_observation, hns, is_atari, make_env
@@ -51,7 +50,7 @@ class _FanoutCounted:
 
     def __init__(self, net: nn.Module, example: torch.Tensor) -> None:
         self.chain = trace_chain(net)
-        self.fanouts = [_fanout(m, shape) for m, shape in
+        self.fanouts = [input_fanouts(m, shape).flatten().to(torch.float64) for m, shape in
                         zip(self.chain.weights, self.chain.input_shapes(torch.as_tensor(example)))]
 
     def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,17 +65,6 @@ class _FanoutCounted:
             out = self.chain.run(torch.as_tensor(obs), count)
         return out, torch.stack(counts, dim=1).round().to(torch.int64)
 
-
-def _fanout(m: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
-    """Per input element of layer ``m`` (flattened, float64): how many non-zero weights it meets."""
-    wm = (m.weight.detach() != 0).to(torch.float32)
-    if isinstance(m, nn.Linear):
-        return wm.sum(dim=0).to(torch.float64)
-    # the gradient of sum(conv(x, mask(W))) with respect to x: exact small integers in float32
-    probe = torch.zeros(1, *shape, device=wm.device, requires_grad=True)
-    with torch.enable_grad():
-        F.conv2d(probe, wm, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups).sum().backward()
-    return probe.grad.flatten().round().to(torch.float64)
 
 
 def _stepper(pol: Policy, example: torch.Tensor) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:

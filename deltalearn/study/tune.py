@@ -406,6 +406,13 @@ TUNED_COLUMNS: tuple[str, ...] = (
 :func:`confirm_tuned`, NaN/None where a record has none). ``paired_sd``: the standard deviation of
 the per-episode differences, for :func:`~deltalearn.study.stats.episodes_for_floor`."""
 CONFIRM_COLUMNS: tuple[str, ...] = tuple(c for c in TUNED_COLUMNS if c.startswith("confirm_"))
+_CONFIRM_OBJECTS = ("confirm_verdict", "confirm_meets_rule", "confirm_date")
+"""Confirmation columns that hold None, never NaN, where a record has no confirmation."""
+
+
+def _paired_sd(p: dict[str, Any]) -> float:
+    """The standard deviation of the per-episode differences of a stored paired difference."""
+    return p["paired_se"] * math.sqrt(p["episodes"])
 
 
 def _directory(d: str | None) -> str | None:
@@ -580,7 +587,12 @@ def tune_game(game: str, scope: str = "both", *, heldout_episodes: int | None = 
 def write_tuned(record: dict[str, Any], path: str | os.PathLike | None = None) -> Path:
     """Write a :func:`tune_game` record as JSON, atomically (a temporary file, then ``os.replace``), by
     default to the package's ``data/tuned/<game>-<scope>.json``; returns the path."""
-    out = Path(path) if path is not None else DATA_DIR / "tuned" / f"{record['game']}-{record['scope']}.json"
+    return _write_json(record, Path(path) if path is not None
+                       else DATA_DIR / "tuned" / f"{record['game']}-{record['scope']}.json")
+
+
+def _write_json(record: dict[str, Any], out: Path) -> Path:
+    """``record`` as indented JSON at ``out``, atomically (the store's temporary file, then ``os.replace``)."""
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
     return out
 
@@ -669,25 +681,21 @@ def confirm_tuned(game: str, scope: str = "both", *, seed: int = 5000, episodes:
 def write_confirm(record: dict[str, Any], path: str | os.PathLike | None = None) -> Path:
     """Write a :func:`confirm_tuned` result as JSON, atomically, by default to the package's
     ``data/tuned/confirm/<game>-<scope>.json``; returns the path."""
-    out = (Path(path) if path is not None
-           else DATA_DIR / "tuned" / "confirm" / f"{record['game']}-{record['scope']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
-    return out
+    return _write_json(record, Path(path) if path is not None
+                       else DATA_DIR / "tuned" / "confirm" / f"{record['game']}-{record['scope']}.json")
 
 
 def _confirm_columns(folder: Path, game: str, scope: str) -> dict[str, Any]:
     """The confirmation columns of one record's row (NaN/None when it has no confirmation file)."""
     f = folder / "confirm" / f"{game}-{scope}.json"
     if not f.exists():
-        return {c: (None if c in ("confirm_verdict", "confirm_meets_rule", "confirm_date") else math.nan)
-                for c in CONFIRM_COLUMNS}
+        return {c: (None if c in _CONFIRM_OBJECTS else math.nan) for c in CONFIRM_COLUMNS}
     c = json.loads(f.read_text())
     p = c["paired"]
     return {"confirm_seed": c["seed"], "confirm_episodes": c["episodes"], "confirm_dense_mean": c["dense_mean"],
             "confirm_tuned_mean": c["tuned_mean"], "confirm_diff": p["mean_difference"],
             "confirm_ci_low": p["ci_low"], "confirm_ci_high": p["ci_high"],
-            "confirm_paired_sd": p["paired_se"] * math.sqrt(p["episodes"]), "confirm_floor": c["floor"],
+            "confirm_paired_sd": _paired_sd(p), "confirm_floor": c["floor"],
             "confirm_verdict": c["verdict"], "confirm_meets_rule": c["meets_rule"],
             "confirm_reduction": c["reduction"], "confirm_cpu_minutes": c["cpu_minutes"],
             "confirm_date": c["date"]}
@@ -715,7 +723,7 @@ def load_tuned(game: str | None = None, root: str | os.PathLike = "tuned") -> pd
                      "dense_mean": h["dense_mean"], "tuned_mean": h["tuned_mean"],
                      "paired_difference": h["paired"]["mean_difference"], "ci95_low": h["paired"]["ci_low"],
                      "ci95_high": h["paired"]["ci_high"],
-                     "paired_sd": h["paired"]["paired_se"] * math.sqrt(h["paired"]["episodes"]),
+                     "paired_sd": _paired_sd(h["paired"]),
                      "floor": h["floor"], "verdict": h["verdict"],
                      "meets_rule": h["meets_rule"], "heldout_episodes": h["episodes"],
                      "tuning_episodes": r["config"]["episodes"], "tune_cpu_minutes": r["tune_cpu_minutes"],
@@ -724,7 +732,7 @@ def load_tuned(game: str | None = None, root: str | os.PathLike = "tuned") -> pd
         prov[f"{r['game']}-{r['scope']}"] = {k: r.get(k) for k in ("git_commit", "git_dirty", "date", "cpu",
                                                                   "torch_threads", "command")} | {"file": f.name}
     df = pd.DataFrame(rows, columns=list(TUNED_COLUMNS))
-    for c in ("confirm_verdict", "confirm_meets_rule", "confirm_date"):  # None where missing, never NaN
+    for c in _CONFIRM_OBJECTS:
         df[c] = df[c].astype(object).where(df[c].notna(), None)
     df.attrs["provenance"] = prov
     df.attrs["source"] = str(folder)
